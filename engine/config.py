@@ -1,0 +1,292 @@
+"""The typed configuration: one schema for every model, YAML files for the paper's settings.
+
+A run's config is the schema's defaults, merged with configs/config_<model>.yaml, then (with
+``--demo``) configs/demo.yaml, then ``key=value`` overrides from the command line. OmegaConf
+checks every merge against the schema, so a misspelled key or a wrong type is refused by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+class Modality(str, Enum):
+    both = "both"
+    visible = "visible"
+    infrared = "infrared"
+
+
+class MaskResize(str, Enum):
+    bilinear = "bilinear"
+    nearest = "nearest"
+
+
+class Amp(str, Enum):
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class NonFinite(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
+@dataclass
+class DatasetConfig:
+    """Where the data is and how it is drawn (SPEC sections 4-5)."""
+
+    root: str = "datasets/uav"
+    image_size: list[int] = field(default_factory=lambda: [512, 512])
+    modality: Modality = Modality.both
+    max_samples: int | None = 20000
+    val_max_samples: int | None = 1000
+    test_max_samples: int | None = None
+    seed: int = 42  # draws the subsets, initialises the model and shuffles the batches
+    mask_resize: MaskResize = MaskResize.bilinear
+    augment: bool = False
+    skip_unreadable: bool = False
+    batch_size: int = 24
+    num_workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    demo: bool = False  # generate demo data at root when it is missing
+
+
+@dataclass
+class ModelConfig:
+    """Which network; None leaves the model's own default (see models.build_model)."""
+
+    name: str = "dasnet"
+    in_channels: int = 3
+    classes: int = 1
+    width: int | None = None
+    stages: int | None = None
+    num_kernels: int | None = None
+    encoder_weights: str | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """ReduceLROnPlateau on the validation loss."""
+
+    factor: float = 0.5
+    patience: int = 15
+    cooldown: int = 5
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation loss has not improved by min_delta for patience epochs."""
+
+    patience: int = 30
+    min_delta: float = 0.001
+
+
+@dataclass
+class TrainerConfig:
+    """The paper's recipe (SPEC section 5) and the switches around it."""
+
+    epochs: int = 50
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    aux_weight: float = 0.4
+    threshold: float = 0.5
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    device: str = "auto"
+    amp: Amp = Amp.off
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    resume: bool = False
+    resume_from: str | None = None
+    overwrite: bool = False
+    non_finite: NonFinite = NonFinite.stop
+    max_steps_per_epoch: int | None = None
+    log_every: int = 10
+
+
+@dataclass
+class TestConfig:
+    """Evaluation of the test split and the latency measurement (SPEC section 6)."""
+
+    checkpoint: str | None = None  # default: <output.run_dir>/best.pt
+    batch_size: int = 8
+    optimize: bool = True  # models.optimize_for_inference (exact rewrites)
+    latency: bool = True
+    latency_size: list[int] = field(default_factory=lambda: [512, 512])
+    latency_warmup: int = 10
+    latency_runs: int = 50
+
+
+@dataclass
+class OutputConfig:
+    """Where a run writes: checkpoints and logs in run_dir, the results file in results_dir."""
+
+    run_dir: str = "runs/${model.name}"
+    results_dir: str = "results"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _valid_keys(node: Any) -> list[str]:
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> str:
+    """Turn an OmegaConf error into one line naming the key, the value and the valid choices."""
+    key = getattr(exc, "full_key", None) or ""
+    parent_path, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(schema, parent_path) if parent_path else schema
+    msg = str(exc).splitlines()[0]
+    if "Key" in type(exc).__name__ or "not in struct" in msg or "ConfigKeyError" in repr(exc):
+        valid = _valid_keys(parent)
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        where = f" in '{parent_path}'" if parent_path else ""
+        return f"{source}: unknown config key '{key}'{hint}; valid keys{where}: {', '.join(valid)}"
+    return f"{source}: bad value for config key '{key}': {msg}"
+
+
+def _merge(base: DictConfig, other: Any, source: str, schema: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, source, schema)) from None
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """``["trainer.epochs=3", "dataset.image_size=[128,128]"]`` as a config (YAML values)."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from None
+
+
+def config_path(model: str) -> Path:
+    """configs/config_<model>.yaml."""
+    return CONFIG_DIR / f"config_{model}.yaml"
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    """Read a YAML config file; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys")
+    return loaded
+
+
+def load_config(
+    model: str | None = None,
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    demo: bool = False,
+) -> DictConfig:
+    """Build a run's config: schema <- model YAML (or ``path``) <- demo overlay <- overrides."""
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    if path is None and model is not None:
+        path = config_path(model)
+    if path is not None:
+        cfg = _merge(cfg, load_yaml(path), str(path), schema)
+    if demo:
+        cfg = _merge(cfg, load_yaml(DEMO_CONFIG), str(DEMO_CONFIG), schema)
+    cfg = _merge(cfg, parse_overrides(list(overrides)), "command line", schema)
+    validate(cfg)
+    if model is not None and cfg.model.name != model:
+        raise ConfigError(
+            f"config key 'model.name' = '{cfg.model.name}' (from '{path}'): this config is for "
+            f"model '{cfg.model.name}', but this script runs '{model}'"
+        )
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema's types cannot express: ranges and the model name."""
+    from models import MODEL_NAMES
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}' = {OmegaConf.select(cfg, key)!r}: {what}")
+
+    need(cfg.model.name in MODEL_NAMES, "model.name", f"valid models: {', '.join(MODEL_NAMES)}")
+    t, d = cfg.trainer, cfg.dataset
+    need(0.0 < t.threshold < 1.0, "trainer.threshold", "must lie strictly between 0 and 1")
+    need(t.epochs >= 1, "trainer.epochs", "must be >= 1")
+    need(t.lr > 0, "trainer.lr", "must be > 0")
+    need(t.aux_weight >= 0, "trainer.aux_weight", "must be >= 0")
+    need(0 < t.scheduler.factor < 1, "trainer.scheduler.factor", "must lie between 0 and 1")
+    need(t.early_stopping.patience >= 1, "trainer.early_stopping.patience", "must be >= 1")
+    need(
+        len(d.image_size) == 2 and min(d.image_size) >= 1,
+        "dataset.image_size",
+        "must be [height, width] with positive sides",
+    )
+    need(d.batch_size >= 1, "dataset.batch_size", "must be >= 1")
+    need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+    for key in ("dataset.max_samples", "dataset.val_max_samples", "dataset.test_max_samples"):
+        value = OmegaConf.select(cfg, key)
+        need(value is None or value >= 1, key, "must be a positive count or null (all)")
+    need(cfg.test.batch_size >= 1, "test.batch_size", "must be >= 1")
+    need(cfg.test.latency_runs >= 1, "test.latency_runs", "must be >= 1")
+    need(
+        t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        "trainer.device",
+        "valid: auto, cpu, cuda, cuda:N, mps",
+    )
+    model_overrides(cfg)
+
+
+def model_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The keyword arguments for models.build_model: the model keys that are set."""
+    from models import BASELINES, valid_overrides
+
+    allowed = valid_overrides(cfg.model.name)
+    items = OmegaConf.to_container(cfg.model)
+    kwargs = {k: v for k, v in items.items() if k != "name" and v is not None}
+    if cfg.model.name in BASELINES:
+        kwargs["encoder_weights"] = cfg.model.encoder_weights
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(
+                f"config key 'model.{key}' does not apply to model '{cfg.model.name}'; "
+                f"its keys: {', '.join(allowed)}"
+            )
+    return kwargs
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (saved beside every run)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

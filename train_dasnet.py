@@ -1,0 +1,6 @@
+"""Train dasnet with configs/config_dasnet.yaml (the paper's recipe); see --help."""
+
+from engine import run_script
+
+if __name__ == "__main__":
+    raise SystemExit(run_script("dasnet", train=True))

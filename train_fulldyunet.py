@@ -1,0 +1,6 @@
+"""Train fulldyunet with configs/config_fulldyunet.yaml (the paper's recipe); see --help."""
+
+from engine import run_script
+
+if __name__ == "__main__":
+    raise SystemExit(run_script("fulldyunet", train=True))

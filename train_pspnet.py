@@ -1,0 +1,6 @@
+"""Train pspnet with configs/config_pspnet.yaml (the paper's recipe); see --help."""
+
+from engine import run_script
+
+if __name__ == "__main__":
+    raise SystemExit(run_script("pspnet", train=True))

@@ -1,0 +1,6 @@
+"""Train unet with configs/config_unet.yaml (the paper's recipe); see --help."""
+
+from engine import run_script
+
+if __name__ == "__main__":
+    raise SystemExit(run_script("unet", train=True))
