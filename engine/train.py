@@ -302,7 +302,7 @@ def train_one_epoch(
 
 
 def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
-    """Train the configured model; returns the summary (best epoch, losses, paths)."""
+    """Train the configured model; returns a summary (best epoch and loss, run folder, model)."""
     device = dist.setup(cfg.trainer.device)
     t = cfg.trainer
     check_image_size(cfg)
@@ -478,4 +478,5 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
         "epochs": epoch,
         "stopped_early": stopped_early,
         "resumed": resume_path is not None,
+        "model": core,
     }
