@@ -315,6 +315,9 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     logger.info("train: %s; val: %s", train_set, val_set)
 
     model = build(cfg, device)
+    # Same initial weights everywhere; then a different random stream per process (augmentation,
+    # loader workers), as one process with a bigger batch would have.
+    seed_everything(cfg.dataset.seed + dist.rank(), cfg.trainer.deterministic)
     logger.info("%s: %s parameters on %s", cfg.model.name, f"{count_parameters(model):,}", device)
     criterion = SegmentationLoss(t.aux_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
