@@ -23,6 +23,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model; names the file."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, sync it, then rename it to ``path``."""
     path = Path(path)
@@ -33,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; ours are not secret
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,6 +116,9 @@ def load_model(
         raise CheckpointError(
             f"checkpoint '{path}' holds model '{ckpt.get('model_name')}', not '{name}'"
         )
-    model = build_model(name, **ckpt.get("model_kwargs", {}))
+    kwargs = dict(ckpt.get("model_kwargs", {}))
+    if "encoder_weights" in kwargs:
+        kwargs["encoder_weights"] = None  # the checkpoint holds the weights: never download
+    model = build_model(name, **kwargs)
     load_weights(model, ckpt, path, name)
     return model.eval(), ckpt

@@ -1,0 +1,118 @@
+"""Tools around trained models: predict, export, seed statistics and figures.
+
+Each tool is a module with a ``main(argv) -> int`` that the top-level script of the same name
+calls. What they share lives here: one-line errors with exit code 2, the demo checkpoint, the
+device and the model's input size.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data import DatasetError
+from engine.checkpoint import CheckpointError, load_model
+from engine.config import ConfigError
+from models import VARIANTS, optimize_for_inference
+
+DEMO_RUNS = Path("runs/demo")
+DEMO_ROOT = Path("demo_data/uav")
+
+
+class ToolError(RuntimeError):
+    """An expected failure of a tool (bad input, missing file); the message names what."""
+
+
+EXPECTED_ERRORS = (
+    ToolError,
+    CheckpointError,
+    DatasetError,
+    ConfigError,
+    FileNotFoundError,
+    PermissionError,
+)
+
+
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a tool's body; an expected failure becomes one ``error:`` line and exit code 2."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        return body()
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def demo_checkpoint(model: str) -> Path:
+    """runs/demo/<model>/best.pt, or an error saying how to make it."""
+    path = DEMO_RUNS / model / "best.pt"
+    if not path.is_file():
+        raise ToolError(
+            f"demo checkpoint '{path}' not found; train it first: python train_{model}.py --demo"
+        )
+    return path
+
+
+def checkpoint_for(model: str | None, checkpoint: str | None, demo: bool) -> Path:
+    """The checkpoint a tool should load: ``checkpoint``, or with ``demo`` the model's demo one."""
+    if checkpoint:
+        return Path(checkpoint)
+    if demo:
+        if not model:
+            raise ToolError("--demo needs --model to find runs/demo/<model>/best.pt")
+        return demo_checkpoint(model)
+    raise ToolError("give --checkpoint PATH (or --demo with --model)")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else Apple MPS, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def load_for_inference(
+    path: str | Path,
+    model: str | None = None,
+    device: torch.device | str = "cpu",
+    optimize: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A checkpoint's model on ``device`` in eval mode (optimized), and the checkpoint dict."""
+    net, ckpt = load_model(path, map_location=device, name=model)
+    net = net.to(device).eval()
+    return (optimize_for_inference(net) if optimize else net), ckpt
+
+
+def input_size(ckpt: dict[str, Any], size: list[int] | None) -> tuple[int, int]:
+    """The (height, width) to feed the model: ``size`` or the size it was trained at.
+
+    Dynamic models halve the input 2**stages times (7: sides must be multiples of 128).
+    """
+    if size is None:
+        size = ((ckpt.get("config") or {}).get("dataset") or {}).get("image_size")
+        if not size:
+            raise ToolError("the checkpoint does not record its image size; give --size H W")
+    if len(size) != 2 or min(size) < 1:
+        raise ToolError(f"--size {size}: give two positive sides, height and width")
+    height, width = int(size[0]), int(size[1])
+    name = ckpt.get("model_name")
+    if name in VARIANTS:
+        multiple = 2 ** int((ckpt.get("model_kwargs") or {}).get("stages") or 7)
+        if height % multiple or width % multiple:
+            raise ToolError(
+                f"size {height}x{width}: {name} needs sides that are multiples of {multiple} "
+                f"(2**stages), e.g. --size {multiple * 4} {multiple * 4}"
+            )
+    return height, width

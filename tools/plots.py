@@ -1,0 +1,243 @@
+"""Figures: training curves from metrics.csv, and a qualitative grid like the paper's Figure 5.
+
+    python plots.py curves runs/dasnet runs/unet [--out figures/curves.png]
+    python plots.py grid --models dasnet unet [--demo] [--checkpoints A.pt B.pt] [--n 4]
+
+The grid's rows are test images that show a UAV, half visible and half infrared, spread over
+the split in a fixed order; its columns are the input, the ground truth and each model's mask
+(titled with its IoU on that image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data import UAVSegDataset
+from data.decode import open_file, read_pair
+from engine.checkpoint import atomic_write
+from models import MODEL_NAMES
+
+from . import (
+    DEMO_ROOT,
+    ToolError,
+    checkpoint_for,
+    input_size,
+    load_for_inference,
+    pick_device,
+    run_cli,
+)
+from .predict import Predictor
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "miou")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Render a figure to PNG and write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def read_metrics(run_dir: Path) -> dict[str, list[float]]:
+    """Columns of ``<run_dir>/metrics.csv`` (or the csv file itself) needed for the curves."""
+    path = run_dir if run_dir.suffix == ".csv" else run_dir / "metrics.csv"
+    if not path.is_file():
+        raise ToolError(f"metrics file '{path}' not found")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in CSV_COLUMNS if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ToolError(f"metrics file '{path}' has no rows or lacks columns {missing}")
+    try:
+        return {c: [float(row[c]) for row in rows] for c in CSV_COLUMNS}
+    except (TypeError, ValueError) as exc:
+        raise ToolError(f"metrics file '{path}' has a bad value: {exc}") from None
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Folder names; with the parent's too where two runs share a name (dasnet/seed42)."""
+    names = [p.parent.name if p.suffix == ".csv" else p.name for p in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    folders = [p.parent if p.suffix == ".csv" else p for p in run_dirs]
+    return [str(Path(*p.resolve().parts[-2:])) for p in folders]
+
+
+def plot_curves(run_dirs: list[Path], out: Path) -> Path:
+    """Train and val loss, and val mIoU, per epoch: one colour per run."""
+    plt = _pyplot()
+    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, run_dir in zip(run_labels(run_dirs), run_dirs, strict=True):
+        m = read_metrics(run_dir)
+        line = loss_ax.plot(m["epoch"], m["train_loss"], label=f"{label} train")[0]
+        loss_ax.plot(m["epoch"], m["val_loss"], "--", color=line.get_color(), label=f"{label} val")
+        miou_ax.plot(m["epoch"], m["miou"], color=line.get_color(), marker=".", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: val)")
+    miou_ax.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU")
+    for ax in (loss_ax, miou_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, out)
+
+
+def has_uav(mask_path: str) -> bool:
+    """Whether a mask file has any non-zero pixel (read from its bounding box)."""
+    with open_file(mask_path, "mask") as mk:
+        return mk.getbbox() is not None
+
+
+def pick_rows(dataset: UAVSegDataset, n: int) -> list[int]:
+    """``n`` items with a UAV, alternating visible and infrared, spread evenly over the split."""
+    samples = dataset.samples
+    per_modality = {
+        m: [i for i, s in enumerate(samples) if s.modality == m] for m in ("visible", "infrared")
+    }
+    chosen: list[int] = []
+    for k in range(n):
+        modality = ("visible", "infrared")[k % 2]
+        items = per_modality[modality] or per_modality["visible"] or per_modality["infrared"]
+        want = (k // 2) * len(items) // max(1, (n + 1) // 2)
+        for offset in range(len(items)):
+            i = items[(want + offset) % len(items)]
+            if i not in chosen and has_uav(samples[i].mask_path):
+                chosen.append(i)
+                break
+    if len(chosen) < n:
+        raise ToolError(
+            f"test split of '{dataset.root}' has only {len(chosen)} images with a "
+            f"UAV; ask for fewer rows (--n)"
+        )
+    return chosen
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground IoU of one image (1 when both are empty)."""
+    union = np.logical_or(pred, truth).sum()
+    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+
+
+def plot_grid(
+    models: list[tuple[str, Any, tuple[int, int]]],
+    root: Path,
+    n: int,
+    out: Path,
+    threshold: float = 0.5,
+    device: str = "auto",
+) -> Path:
+    """The qualitative grid; ``models`` is (label, loaded model, input size) per column."""
+    dataset = UAVSegDataset(root, "test")
+    rows = [dataset.samples[i] for i in pick_rows(dataset, n)]
+    frames, truths = [], []
+    for s in rows:
+        image, mask = read_pair(s.image_path, s.mask_path)
+        frames.append(image.permute(1, 2, 0).numpy())
+        truths.append(mask.numpy())
+    torch_device = pick_device(device)
+    predictions = [
+        Predictor(net.to(torch_device), size, torch_device, threshold)(frames)
+        for _, net, size in models
+    ]
+    plt = _pyplot()
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.0 * n), squeeze=False)
+    for r, s in enumerate(rows):
+        cells = [(frames[r], f"{s.sequence}/{s.modality}/{s.frame}"), (truths[r], "ground truth")]
+        cells += [
+            (pred[r], f"{label} (IoU {iou(pred[r], truths[r]):.2f})")
+            for (label, _, _), pred in zip(models, predictions, strict=True)
+        ]
+        for c, (pixels, title) in enumerate(cells):
+            ax = axes[r][c]
+            ax.imshow(
+                pixels,
+                cmap=None if pixels.ndim == 3 else "gray",
+                vmin=0,
+                vmax=None if pixels.ndim == 3 else 1,
+                interpolation="nearest",
+            )
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plots.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    curves = sub.add_parser("curves", help="loss and val mIoU per epoch from metrics.csv")
+    curves.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.csv)")
+    curves.add_argument("--out", default="figures/curves.png")
+    grid = sub.add_parser("grid", help="test images, ground truth and each model's mask")
+    grid.add_argument("--models", nargs="+", required=True, choices=MODEL_NAMES)
+    grid.add_argument(
+        "--checkpoints",
+        nargs="+",
+        metavar="PATH",
+        help="one per model (default with --demo: runs/demo/<model>/best.pt)",
+    )
+    grid.add_argument("--demo", action="store_true", help="demo data and demo checkpoints")
+    grid.add_argument("--root", help="dataset root (default: the first checkpoint's)")
+    grid.add_argument("--n", type=int, default=4, help="rows (test images)")
+    grid.add_argument("--threshold", type=float, default=0.5)
+    grid.add_argument("--device", default="auto")
+    grid.add_argument("--out", default="figures/grid.png")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of plots.py."""
+    args = parser().parse_args(argv)
+    return run_cli(lambda: _curves(args) if args.command == "curves" else _grid(args))
+
+
+def _curves(args: argparse.Namespace) -> int:
+    out = plot_curves([Path(r) for r in args.runs], Path(args.out))
+    print(f"curves of {len(args.runs)} runs -> {out}")
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ToolError(f"--n {args.n} must be >= 1")
+    if args.checkpoints and len(args.checkpoints) != len(args.models):
+        raise ToolError(
+            f"--checkpoints gives {len(args.checkpoints)} files for "
+            f"{len(args.models)} models; give one per model, in order"
+        )
+    columns, root = [], args.root
+    for k, model in enumerate(args.models):
+        path = checkpoint_for(model, args.checkpoints[k] if args.checkpoints else None, args.demo)
+        net, ckpt = load_for_inference(path, model)
+        columns.append((model, net, input_size(ckpt, None)))
+        if root is None:
+            root = (
+                DEMO_ROOT
+                if args.demo
+                else (ckpt.get("config") or {}).get("dataset", {}).get("root")
+            )
+    if not root:
+        raise ToolError("the checkpoint does not record its dataset root; give --root")
+    if not Path(root).is_dir():
+        raise ToolError(f"dataset root '{root}' not found")
+    out = plot_grid(columns, Path(root), args.n, Path(args.out), args.threshold, args.device)
+    print(f"grid of {args.n} test images x {len(columns)} models -> {out}")
+    return 0
