@@ -23,18 +23,37 @@ def attention_hidden(in_channels: int, num_kernels: int, ratio: float = 0.25) ->
     return num_kernels if in_channels == 3 else int(in_channels * ratio) + 1
 
 
+def _aggregate(weight: Tensor, pi: Tensor) -> Tensor:
+    """B x C_out x C_in x kh x kw: each sample's kernel sum_k pi[b, k] * weight[k].
+
+    A bank stored channels-last (see ``bank_to_channels_last``) gives channels-last kernels, so
+    oneDNN need not reorder them for NHWC inputs.
+    """
+    k, b = weight.shape[0], pi.shape[0]
+    nhwc = weight.permute(0, 1, 3, 4, 2)
+    if nhwc.is_contiguous() and not weight.is_contiguous():
+        return (pi @ nhwc.reshape(k, -1)).reshape(b, *nhwc.shape[1:]).permute(0, 1, 4, 2, 3)
+    return (pi @ weight.reshape(k, -1)).reshape(b, *weight.shape[1:])
+
+
+def bank_to_channels_last(weight: Tensor) -> Tensor:
+    """The same K x C_out x C_in x kh x kw values, laid out with C_in innermost."""
+    return weight.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def _grouped(x: Tensor, weight: Tensor, pi: Tensor, padding: int) -> Tensor:
     """Aggregate one kernel per sample, then run all samples as groups of one convolution."""
     b, c_in, h, w = x.shape
-    k, c_out = weight.shape[:2]
-    kernel = (pi @ weight.reshape(k, -1)).reshape(b * c_out, c_in, *weight.shape[3:])
+    kernel = _aggregate(weight, pi).flatten(0, 1)
     out = F.conv2d(x.reshape(1, b * c_in, h, w), kernel, padding=padding, groups=b)
-    return out.reshape(b, c_out, out.shape[-2], out.shape[-1])
+    return out.reshape(b, -1, out.shape[-2], out.shape[-1])
 
 
 def _per_sample(x: Tensor, weight: Tensor, pi: Tensor, padding: int) -> Tensor:
-    """Aggregate one kernel per sample and convolve each sample on its own."""
-    kernels = torch.einsum("bk,koihw->boihw", pi, weight)
+    """Aggregate one kernel per sample and convolve each sample on its own (batch 1: one conv)."""
+    kernels = _aggregate(weight, pi)
+    if x.shape[0] == 1:
+        return F.conv2d(x, kernels[0], padding=padding)
     return torch.cat(
         [F.conv2d(x[i : i + 1], kernels[i], padding=padding) for i in range(x.shape[0])]
     )
@@ -52,7 +71,18 @@ _IMPLS = {"grouped": _grouped, "per_sample": _per_sample, "mixture": _mixture}
 
 
 def choose_method(x: Tensor) -> str:
-    """Pick the computation for this input: at batch 1 aggregation is a plain convolution."""
+    """The fastest method measured for this device, batch, layout and grad mode (BENCHMARKS.md).
+
+    Batch 1 is one plain convolution with the aggregated kernel (``per_sample``). On the CPU,
+    per-sample convolutions beat the grouped one whenever the input is channels_last (the grouped
+    reshape would copy it back to NCHW). On CUDA the grouped convolution is one kernel launch.
+    """
+    if x.shape[0] == 1:
+        return "per_sample"
+    if x.is_cuda:
+        return "grouped"
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return "per_sample"
     return "grouped"
 
 
@@ -107,8 +137,16 @@ class DyConv2d(nn.Module):
         )
 
     def kernel_weights(self, x: Tensor) -> Tensor:
-        """pi: B x K attention over the kernels, each row summing to 1."""
-        logits = self.attention(x).flatten(1)
+        """pi: B x K attention over the kernels, each row summing to 1.
+
+        Computes ``self.attention`` on the pooled B x C vector with linear layers: the same math
+        as its 1x1 convolutions on a 1x1 map, without their per-call overhead (forward and back).
+        """
+        _, fc1, _, fc2 = self.attention
+        # sum / n rather than mean: its backward is a broadcast view, not a full-size division
+        pooled = x.sum(dim=(2, 3)) / (x.shape[-2] * x.shape[-1])
+        hidden = torch.relu(F.linear(pooled, fc1.weight.flatten(1)))
+        logits = F.linear(hidden, fc2.weight.flatten(1), fc2.bias)
         return torch.softmax(logits / self.temperature, dim=1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,6 +34,43 @@ def thin_decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def fold_head(head: nn.Sequential) -> tuple[Tensor, Tensor]:
+    """The one conv3x3 (weight, bias) equal to ``head`` = conv3x3(W1, b1) then conv1x1(W2, b2).
+
+    Nothing nonlinear sits between them, so the pair is conv3x3(W2 W1, W2 b1 + b2) exactly: at
+    512x512 this saves a 64->64 conv3x3 (19 GFLOPs, a quarter of DAS-Net's forward).
+    """
+    conv, proj = head
+    w2 = proj.weight.flatten(1)
+    weight = torch.einsum("oc,cikl->oikl", w2, conv.weight)
+    return weight, w2 @ conv.bias + proj.bias
+
+
+def pointwise(x: Tensor, weight: Tensor) -> Tensor:
+    """1x1 convolution without bias; on NCHW CPU tensors one matrix product (BLAS), which is
+    several times faster than the CPU's 1x1 conv kernel, forward and backward."""
+    if x.is_cuda or not x.is_contiguous():
+        return F.conv2d(x, weight)
+    b, _, h, w = x.shape
+    return torch.matmul(weight.flatten(1), x.flatten(2)).view(b, -1, h, w)
+
+
+def gated_concat(gate: AttentionGate, g: Tensor, skip: Tensor) -> Tensor:
+    """cat([g, gate(g, skip)]), computed from one concatenation of g and skip.
+
+    W_g g + W_x skip is one 1x1 conv of cat([g, skip]) with the weights side by side; without
+    autograd the skip half of that buffer is then scaled in place: one full-resolution tensor
+    and one convolution fewer than gating first and concatenating after.
+    """
+    both = torch.cat([g, skip], dim=1)
+    w_both = torch.cat([gate.w_g.weight, gate.w_x.weight], dim=1)
+    alpha = torch.sigmoid(pointwise(torch.relu(pointwise(both, w_both)), gate.psi.weight))
+    if torch.is_grad_enabled():
+        return torch.cat([g, skip * alpha], dim=1)
+    both[:, g.shape[1] :].mul_(alpha)
+    return both
+
+
 def upsample(x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
     """Bilinear, align_corners=True: x2 by default, else to ``size``."""
     if size is None:
@@ -96,6 +133,8 @@ class DyUNet(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, classes, 1)
         )
+        # optimize_for_inference sets channels_last where that layout is faster (CPU inference).
+        self.memory_format = torch.contiguous_format
 
     @property
     def size_multiple(self) -> int:
@@ -114,6 +153,7 @@ class DyUNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_input(x)
+        x = x.contiguous(memory_format=self.memory_format)
         size = x.shape[-2:]
         skips = []
         for block in self.encoder:
@@ -129,11 +169,16 @@ class DyUNet(nn.Module):
             x = upsample(x)
             skip = skips[-1 - i]
             if self.gates is not None:
-                skip = self.gates[i](x, skip)
-            x = block(torch.cat([x, skip], dim=1))
+                x = block(gated_concat(self.gates[i], x, skip))
+            else:
+                x = block(torch.cat([x, skip], dim=1))
             if with_aux and i >= first_aux_stage:
-                aux.append(upsample(self.aux_heads[i - first_aux_stage](x), size))
-        logits = self.head(x)
+                a = self.aux_heads[i - first_aux_stage](x)
+                aux.append(a if a.shape[-2:] == size else upsample(a, size))
+        if isinstance(self.head, nn.Conv2d):  # already folded by optimize_for_inference
+            logits = self.head(x)
+        else:
+            logits = F.conv2d(x, *fold_head(self.head), padding=1)
         return (logits, aux) if with_aux else logits
 
 

@@ -1,10 +1,121 @@
-"""Exact rewrites that make a trained model faster at inference."""
+"""Exact rewrites that make a trained model faster at inference.
+
+Every rewrite is algebra on the weights (no approximation), so the optimized model gives the
+same logits as the eval-mode original up to float rounding:
+- the DyUNet output head conv3x3 -> conv1x1 becomes one conv3x3 (``fold_head``);
+- a BatchNorm that directly follows a convolution is folded into that convolution (smp
+  baselines: Conv2dReLU blocks, the ResNet encoder, PAN's ConvBnRelu);
+- channels_last memory layout where it pays (CPU: oneDNN's NHWC convolutions, max-pooling and
+  upsampling are faster), and optionally ``torch.compile``.
+"""
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from .dynamic_conv import DyConv2d, bank_to_channels_last
+from .dyunet import DyUNet, fold_head
+
+# Modules whose forward runs conv -> bn by attribute name, with nothing else reading the conv's
+# output: folding is exact there. (Sequential containers are handled by adjacency.)
+_NAMED_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
+    ResNet: (("conv1", "bn1"),),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+try:
+    from segmentation_models_pytorch.decoders.pan.decoder import ConvBnRelu
+
+    _NAMED_PAIRS[ConvBnRelu] = (("conv", "bn"),)
+except ImportError:  # an smp without PAN: nothing to fold there
+    pass
 
 
-def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
-    """Return an eval-mode model that computes the same logits as ``model`` (within 1e-4)."""
-    return model.eval()
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and conv.out_channels == bn.num_features
+    )
+
+
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a Conv2d into it; returns how many."""
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:], strict=False):
+                conv, bn = module._modules[a], module._modules[b]
+                if _foldable(conv, bn):
+                    module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[b] = nn.Identity()
+                    folded += 1
+        for cls, pairs in _NAMED_PAIRS.items():
+            if not isinstance(module, cls):
+                continue
+            for conv_name, bn_name in pairs:
+                conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+                if conv is not None and bn is not None and _foldable(conv, bn):
+                    setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                    setattr(module, bn_name, nn.Identity())
+                    folded += 1
+    return folded
+
+
+def _fold_dyunet_head(model: nn.Module) -> None:
+    """Replace each DyUNet's conv3x3 -> conv1x1 head by the single equal conv3x3."""
+    for module in model.modules():
+        if isinstance(module, DyUNet) and isinstance(module.head, nn.Sequential):
+            conv = module.head[0]
+            weight, bias = fold_head(module.head)
+            folded = nn.Conv2d(conv.in_channels, weight.shape[0], 3, padding=1)
+            folded.to(device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                folded.weight.copy_(weight)
+                folded.bias.copy_(bias)
+            module.head = folded
+
+
+def channels_last_pays(device: torch.device) -> bool:
+    """Whether NHWC is the faster layout for FP32 inference on ``device`` (measured on CPU)."""
+    return device.type == "cpu"
+
+
+def optimize_for_inference(
+    model: nn.Module, compile: bool = False, channels_last: bool | None = None
+) -> nn.Module:
+    """Return an eval-mode copy of ``model`` that computes the same logits (within 1e-4), faster.
+
+    The caller's model is never modified. ``channels_last=None`` picks the layout that pays on
+    the model's device; ``compile`` wraps the result in ``torch.compile``.
+    """
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        fold_batchnorms(model)
+        _fold_dyunet_head(model)
+    model.requires_grad_(False)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if channels_last is None:
+        channels_last = channels_last_pays(device)
+    if channels_last:
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(
+                    memory_format=torch.channels_last
+                )
+            elif isinstance(module, DyConv2d):
+                module.weight.data = bank_to_channels_last(module.weight.data)
+            elif isinstance(module, DyUNet):
+                module.memory_format = torch.channels_last
+    if compile:
+        model = torch.compile(model)
+    return model

@@ -1,0 +1,329 @@
+"""Speed of the seven models: parameters, FLOPs, batch-1 latency, training throughput, memory.
+
+    python benchmark.py [--models dasnet unet ...] [--device cpu|cuda] [--threads 2]
+                        [--size 512] [--train-batch 4 --train-size 256] [--repeats N]
+                        [--no-optimize] [--onnx] [--amp bf16] [--channels-last] [--compile]
+
+Per model: trainable parameters; forward GFLOPs at --size (FlopCounterMode, multiply-add = 2;
+"opt" after optimize_for_inference's exact rewrites); batch-1 latency (warm-up, then the median
+of --repeats; CUDA synchronised) and FPS; optionally onnxruntime's CPU latency; training images/s
+at --train-batch x --train-size (forward, loss with deep supervision where the model has it,
+backward, AdamW step); peak memory (CUDA max_memory_allocated, or the process's RSS sampled
+above its level before the run). For dasnet the straightforward reference implementation
+(benchmarks/reference_dasnet.py) is timed interleaved with ours on the same inputs and weights,
+and the speed-ups are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.reference_dasnet import reference_from
+from models import (
+    MODEL_NAMES,
+    build_model,
+    count_parameters,
+    has_deep_supervision,
+    optimize_for_inference,
+)
+
+AUX_WEIGHT = 0.4
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--size", type=int, default=512, help="inference input side")
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (after warm-up)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-optimize", action="store_true", help="time the plain eval model")
+    p.add_argument("--no-train", action="store_true", help="skip the training measurement")
+    p.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (device work included)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def autocast(args: argparse.Namespace, device: torch.device) -> contextlib.AbstractContextManager:
+    if args.amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def gflops(model: nn.Module, x: Tensor) -> float:
+    """Forward GFLOPs of ``model`` on ``x`` (FlopCounterMode counts a multiply-add as 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+    """Yield a dict whose "mb" is, on exit, the peak memory the block used above its start."""
+    result = {"mb": float("nan")}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        yield result
+        result["mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return
+    if not Path("/proc/self/statm").exists():
+        yield result
+        return
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:  # torch ops release the GIL, so this sees transient peaks
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result["mb"] = max(0, max(peak[0], _rss_bytes()) - base) / 2**20
+
+
+def bce(logits: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def make_train_step(
+    model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace
+) -> Callable[[], float]:
+    """One AdamW step on (x, y): forward, main + 0.4 * sum(aux) BCE loss, backward, update."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    deep = has_deep_supervision(model)
+    device = x.device
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(args, device):
+            out = model(x)
+        if deep:
+            main, aux = out
+            loss = bce(main, y) + AUX_WEIGHT * sum(bce(a, y) for a in aux)
+        else:
+            loss = bce(out, y)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per call of each fn, the fns run in turn so they share machine load."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def onnx_latency(model: nn.Module, x: Tensor, args: argparse.Namespace) -> float | str:
+    """onnxruntime CPU latency (ms) of ``model`` exported on ``x``, or why it could not run."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        return f"onnxruntime missing ({err})"
+    model, x = model.cpu().float(), x.cpu().float()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "model.onnx")
+        try:
+            with torch.no_grad():
+                torch.onnx.export(model, (x,), path, input_names=["x"], dynamo=False)
+        except Exception as err:  # report and go on: ONNX is an extra
+            return f"export failed ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        cpu = torch.device("cpu")
+        t = interleaved({"ort": lambda: session.run(None, feed)}, cpu, args.repeats, args.warmup)
+    return t["ort"] * 1e3
+
+
+def inference_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    if args.no_optimize:
+        m = model.eval()
+        if args.channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        return torch.compile(m) if args.compile else m
+    return optimize_for_inference(
+        model, compile=args.compile, channels_last=True if args.channels_last else None
+    )
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """All figures for one model (and, for dasnet, the reference's beside ours)."""
+    torch.manual_seed(args.seed)
+    kwargs = (
+        {}
+        if name in ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
+        else {"encoder_weights": None}
+    )
+    model = build_model(name, **kwargs).to(device)
+    row: dict[str, object] = {"model": name, "params": count_parameters(model)}
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.rand(1, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    row["gflops"] = gflops(model.eval(), x)
+    fast = inference_model(model, args)
+    row["gflops_opt"] = float("nan") if args.compile else gflops(fast, x)
+
+    reference = reference_from(model).to(device).eval() if name == "dasnet" else None
+    forward = {"ours": lambda: fast(x)}
+    if reference is not None:
+        x_ref = x.contiguous()  # the straightforward path stays NCHW
+        forward["reference"] = lambda: reference(x_ref)
+    with torch.no_grad(), autocast(args, device), peak_memory(device) as mem:
+        t = interleaved(forward, device, args.repeats, args.warmup)
+    row["ms"] = t["ours"] * 1e3
+    row["fps"] = 1.0 / t["ours"]
+    row["infer_mb"] = mem["mb"]
+    if reference is not None:
+        row["ref_ms"] = t["reference"] * 1e3
+    if args.onnx:
+        row["onnx_ms"] = onnx_latency(model.eval(), x, args)
+
+    if not args.no_train:
+        b, s = args.train_batch, args.train_size
+        xt = torch.rand(b, 3, s, s, device=device).contiguous(memory_format=fmt)
+        yt = (torch.rand(b, 1, s, s, device=device) > 0.9).float()
+        model.train()
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        trained = torch.compile(model) if args.compile else model
+        steps = {"ours": make_train_step(trained, xt, yt, args)}
+        if reference is not None:
+            ref_train = reference.train()
+            steps["reference"] = make_train_step(ref_train, xt.contiguous(), yt, args)
+        with peak_memory(device) as mem:
+            t = interleaved(steps, device, args.repeats, args.warmup)
+        row["train_ips"] = b / t["ours"]
+        row["train_mb"] = mem["mb"]
+        if reference is not None:
+            row["ref_train_ips"] = b / t["reference"]
+    return row
+
+
+def _cell(value: object, digits: int = 1) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
+    """The results as a markdown table, then the reference comparison for dasnet."""
+    cols = [
+        ("model", "model", 0),
+        ("params", "params", 0),
+        ("gflops", f"GFLOPs@{args.size}", 1),
+        ("gflops_opt", "GFLOPs opt", 1),
+        ("ms", "ms (b1)", 1),
+        ("fps", "FPS", 2),
+    ]
+    if args.onnx:
+        cols.append(("onnx_ms", "ONNX ms", 1))
+    if not args.no_train:
+        cols += [
+            ("train_ips", f"train img/s (b{args.train_batch}@{args.train_size})", 2),
+            ("train_mb", "train peak MB", 0),
+        ]
+    cols.append(("infer_mb", "infer peak MB", 0))
+    lines = [
+        "| " + " | ".join(c[1] for c in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(k), d) for k, _, d in cols) + " |")
+    for r in rows:
+        if "ref_ms" not in r:
+            continue
+        lines.append("")
+        lines.append(
+            f"dasnet forward b1@{args.size}: reference {r['ref_ms']:.1f} ms, ours "
+            f"{r['ms']:.1f} ms -> speed-up {r['ref_ms'] / r['ms']:.2f}x"
+        )
+        if "ref_train_ips" in r:
+            lines.append(
+                f"dasnet train step b{args.train_batch}@{args.train_size}: reference "
+                f"{r['ref_train_ips']:.2f} img/s, ours {r['train_ips']:.2f} img/s -> "
+                f"speed-up {r['train_ips'] / r['ref_train_ips']:.2f}x"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here")
+    torch.set_num_threads(args.threads)
+    opt = "plain eval" if args.no_optimize else "optimize_for_inference"
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"amp {args.amp or 'fp32'}, channels_last {args.channels_last}, compile {args.compile}, "
+        f"{opt}, repeats {args.repeats}",
+        flush=True,
+    )
+    rows = []
+    for name in args.models:
+        rows.append(bench_model(name, args, device))
+        print(f"  {name}: done", flush=True)
+    print(markdown(rows, args))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The fast paths compute what the plain ones do: dynamic-conv methods, inference rewrites,
+the straightforward reference DAS-Net, and the benchmark that compares them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import benchmark
+from benchmarks.reference_dasnet import map_dasnet_key, reference_from
+from models import MODEL_NAMES, build_model, optimize_for_inference
+from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
+
+DYNAMIC = ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
+
+
+def _build(name: str) -> torch.nn.Module:
+    """A model with random weights; never downloads encoder weights."""
+    torch.manual_seed(0)
+    return build_model(name) if name in DYNAMIC else build_model(name, encoder_weights=None)
+
+
+def _conv_and_grads(method: str, x: torch.Tensor, weight: torch.Tensor, pi: torch.Tensor):
+    x, weight, pi = (t.detach().clone().requires_grad_() for t in (x, weight, pi))
+    out = dynamic_conv2d(x, weight, pi, padding=1, method=method)
+    grad = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    out.backward(grad)
+    return out.detach(), x.grad, weight.grad, pi.grad
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_all_dynamic_conv_methods_agree_forward_and_backward(batch: int, channels_last: bool):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 16, 12, 12)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(2, 8, 16, 3, 3) * 0.1
+    pi = torch.softmax(torch.randn(batch, 2), dim=1)
+    expected = _conv_and_grads("grouped", x, weight, pi)
+    for method in METHODS:
+        got = _conv_and_grads(method, x, weight, pi)
+        for name, a, b in zip(("out", "d x", "d weight", "d pi"), expected, got, strict=True):
+            diff = (a - b).abs().max().item()
+            assert diff <= 1e-4, f"{method}, {name}: {diff}"
+
+
+def test_auto_picks_one_plain_conv_at_batch_one_and_a_known_method_otherwise() -> None:
+    assert choose_method(torch.zeros(1, 8, 4, 4)) == "per_sample"
+    for x in (
+        torch.zeros(4, 8, 4, 4),
+        torch.zeros(4, 8, 4, 4).to(memory_format=torch.channels_last),
+    ):
+        assert choose_method(x) in METHODS
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_optimize_for_inference_keeps_the_logits_and_leaves_the_original_alone(name: str) -> None:
+    model = _build(name).train()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so that folding is tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.manual_seed(1)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.8, 1.2)
+    before = copy.deepcopy(model.state_dict())
+    fast = optimize_for_inference(model)
+    assert model.training and not fast.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert list(model.state_dict()) == list(before)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = fast(x)
+    scale = max(1.0, expected.abs().max().item())  # random smp nets reach logits of ~10-1000
+    assert (got - expected).abs().max().item() <= 1e-4 * scale
+
+
+def test_optimized_dyunet_has_a_single_head_conv_and_no_batchnorm() -> None:
+    fast = optimize_for_inference(_build("thindyunet"))
+    assert isinstance(fast.head, torch.nn.Conv2d) and fast.head.kernel_size == (3, 3)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+
+
+def test_reference_maps_every_dasnet_key() -> None:
+    model = _build("dasnet")
+    ref = reference_from(model)
+    assert sorted(map_dasnet_key(k) for k in model.state_dict()) == sorted(ref.state_dict())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_reference_dasnet_equals_ours(train: bool) -> None:
+    model = _build("dasnet").train(train)
+    ref = reference_from(model)
+    x = torch.rand(2, 3, 128, 128)
+    out, ref_out = model(x), ref(x)
+    if train:
+        (main, aux), (ref_main, ref_aux) = out, ref_out
+        outs, ref_outs = [main, *aux], [ref_main, *ref_aux]
+        assert len(aux) == len(ref_aux) == 3
+    else:
+        outs, ref_outs = [out], [ref_out]
+    for a, b in zip(outs, ref_outs, strict=True):
+        assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_reference_dasnet_gradients_equal_ours() -> None:
+    """In float64, so that summation order (FP32 rounding of sums over 32k pixels) cannot hide
+    or fake a difference: the two backward passes must agree to 1e-9 relative."""
+    model = _build("dasnet").double().train()
+    ref = reference_from(model).double()
+    x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
+    (main, aux), (ref_main, ref_aux) = model(x), ref(x)
+    (main.sum() + sum(a.sum() for a in aux)).backward()
+    (ref_main.sum() + sum(a.sum() for a in ref_aux)).backward()
+    named = dict(ref.named_parameters())
+    for key, p in model.named_parameters():
+        g, ref_g = p.grad, named[map_dasnet_key(key)].grad
+        diff = (g - ref_g).abs().max().item()
+        assert diff <= 1e-9 * max(1.0, ref_g.abs().max().item()), f"{key}: {diff}"
+
+
+def test_benchmark_runs_end_to_end_and_prints_a_ratio(capsys: pytest.CaptureFixture) -> None:
+    argv = ["--models", "dasnet", "--size", "128", "--train-size", "128", "--train-batch", "2"]
+    rows = benchmark.main([*argv, "--repeats", "1", "--warmup", "0"])
+    printed = capsys.readouterr().out
+    assert "| dasnet | 1,657,672 |" in printed
+    assert "speed-up" in printed and rows[0]["ref_ms"] > 0 and rows[0]["train_ips"] > 0
