@@ -6,15 +6,7 @@ from engine.config import ConfigError, load_config, model_overrides, parse_overr
 from engine.evaluate import check_image_size
 from models import MODEL_NAMES, build_model, count_parameters
 
-PAPER_PARAMS = {
-    "dasnet": 1_657_672,
-    "thindyunet": 1_341_385,
-    "fulldyunet": 1_628_581,
-    "deepsupdyunet": 1_341_580,
-    "unet": 24_436_369,
-    "pan": 21_475_816,
-    "pspnet": 21_437_985,
-}
+from .test_models import PAPER_PARAMS  # SPEC section 1
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
