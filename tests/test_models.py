@@ -69,7 +69,7 @@ def _per_sample_reference(conv: DyConv2d, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("method", ["auto", "grouped", "per_sample", "mixture"])
+@pytest.mark.parametrize("method", ["auto", "grouped", "per_sample", "mixture", "unfold"])
 def test_batched_dynamic_conv_equals_each_sample_alone(method: str) -> None:
     torch.manual_seed(0)
     conv = DyConv2d(3, 8, method=method)
