@@ -38,6 +38,7 @@ from models import (
     count_parameters,
     has_deep_supervision,
     optimize_for_inference,
+    to_channels_last,
 )
 
 AUX_WEIGHT = 0.4
@@ -196,7 +197,7 @@ def inference_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
     if args.no_optimize:
         m = model.eval()
         if args.channels_last:
-            m = m.to(memory_format=torch.channels_last)
+            m = to_channels_last(m)
         return torch.compile(m) if args.compile else m
     return optimize_for_inference(
         model, compile=args.compile, channels_last=True if args.channels_last else None
@@ -240,7 +241,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         yt = (torch.rand(b, 1, s, s, device=device) > 0.9).float()
         model.train()
         if args.channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         trained = torch.compile(model) if args.compile else model
         steps = {"ours": make_train_step(trained, xt, yt, args)}
         if reference is not None:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import build_model, count_parameters
+from models import build_model, count_parameters, to_channels_last
 
 from . import distributed as dist
 from .checkpoint import (
@@ -197,7 +197,7 @@ def build(cfg: DictConfig, device: torch.device) -> nn.Module:
     seed_everything(cfg.dataset.seed, cfg.trainer.deterministic)
     model = build_model(cfg.model.name, **model_overrides(cfg)).to(device)
     if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     return model
 
 

@@ -10,7 +10,7 @@ from .attention_gate import AttentionGate
 from .baselines import BASELINES, PretrainedWeightsError, build_baseline
 from .dynamic_conv import DyConv2d, DyConvBlock, dynamic_conv2d
 from .dyunet import VARIANTS, DyUNet
-from .inference import optimize_for_inference
+from .inference import optimize_for_inference, to_channels_last
 
 MODEL_NAMES: tuple[str, ...] = (
     "dasnet",
@@ -75,5 +75,6 @@ __all__ = [
     "dynamic_conv2d",
     "has_deep_supervision",
     "optimize_for_inference",
+    "to_channels_last",
     "valid_overrides",
 ]

@@ -89,6 +89,22 @@ def channels_last_pays(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Put ``model``'s conv weights in channels_last, in place, and return it.
+
+    ``model.to(memory_format=torch.channels_last)`` refuses the DyConv kernel banks (5-D); here
+    they get the matching layout (C_in innermost), and each DyUNet turns its input to NHWC.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+        elif isinstance(module, DyConv2d):
+            module.weight.data = bank_to_channels_last(module.weight.data)
+        elif isinstance(module, DyUNet):
+            module.memory_format = torch.channels_last
+    return model
+
+
 def optimize_for_inference(
     model: nn.Module, compile: bool = False, channels_last: bool | None = None
 ) -> nn.Module:
@@ -107,15 +123,7 @@ def optimize_for_inference(
     if channels_last is None:
         channels_last = channels_last_pays(device)
     if channels_last:
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.data = module.weight.data.contiguous(
-                    memory_format=torch.channels_last
-                )
-            elif isinstance(module, DyConv2d):
-                module.weight.data = bank_to_channels_last(module.weight.data)
-            elif isinstance(module, DyUNet):
-                module.memory_format = torch.channels_last
+        to_channels_last(model)
     if compile:
         model = torch.compile(model)
     return model

@@ -18,7 +18,7 @@ from .conftest import run, script_args
 def trained(demo_root, tmp_path_factory):
     """DAS-Net trained and tested on demo data with the demo settings."""
     out = tmp_path_factory.mktemp("e2e")
-    args = script_args(demo_root, out, "trainer.epochs=8")
+    args = script_args(demo_root, out)
     train = run("train_dasnet.py", *args)
     assert train.returncode == 0, train.stderr[-3000:]
     test = run("test_dasnet.py", *args)

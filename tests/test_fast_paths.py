@@ -4,14 +4,21 @@ the straightforward reference DAS-Net, and the benchmark that compares them."""
 from __future__ import annotations
 
 import copy
+import importlib
+import math
 
 import pytest
 import torch
 
 import benchmark
 from benchmarks.reference_dasnet import map_dasnet_key, reference_from
-from models import MODEL_NAMES, build_model, optimize_for_inference
+from engine.config import load_config
+from models import MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
 from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
+
+from .conftest import tiny_args
+
+train = importlib.import_module("engine.train").train
 
 DYNAMIC = ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
 
@@ -127,3 +134,33 @@ def test_benchmark_runs_end_to_end_and_prints_a_ratio(capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "| dasnet | 1,657,672 |" in printed
     assert "speed-up" in printed and rows[0]["ref_ms"] > 0 and rows[0]["train_ips"] > 0
+
+
+def test_channels_last_training_equals_the_plain_layout() -> None:
+    """to_channels_last (also behind trainer.channels_last) changes speed, not the math."""
+    model = _build("dasnet").double().train()
+    fast = to_channels_last(copy.deepcopy(model))
+    assert fast.encoder[1][0].weight.permute(0, 1, 3, 4, 2).is_contiguous()
+    x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
+    (main, aux), (fast_main, fast_aux) = model(x), fast(x)
+    assert fast_main.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip([main, *aux], [fast_main, *fast_aux], strict=True):
+        assert (a - b).abs().max().item() <= 1e-9
+    (main.sum() + sum(a.sum() for a in aux)).backward()
+    (fast_main.sum() + sum(a.sum() for a in fast_aux)).backward()
+    named = dict(fast.named_parameters())
+    for key, p in model.named_parameters():
+        diff = (p.grad - named[key].grad).abs().max().item()
+        assert diff <= 1e-9 * max(1.0, p.grad.abs().max().item()), key
+
+
+@pytest.mark.slow
+def test_training_options_channels_last_and_bf16_run_with_finite_losses(tiny_root, tmp_path):
+    """trainer.channels_last and trainer.amp=bf16 on CPU through the real training loop (one
+    step: CPUs without bf16 matrix units run bf16 convolutions slowly)."""
+    options = ("trainer.channels_last=true", "trainer.amp=bf16", "dataset.max_samples=4")
+    args = tiny_args(tiny_root, tmp_path, "trainer.epochs=1", *options)
+    train(load_config("dasnet", overrides=[a for a in args if "=" in a], demo=True), "pytest")
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2
+    assert all(math.isfinite(float(v)) for v in rows[1].split(",")[1:3])
