@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.reference_dasnet import reference_from
+from engine.cpu import keep_freed_memory
 from models import (
     MODEL_NAMES,
     build_model,
@@ -60,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory (what train/test scripts do on CPU; engine/cpu.py)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -311,11 +317,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here")
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     opt = "plain eval" if args.no_optimize else "optimize_for_inference"
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
         f"amp {args.amp or 'fp32'}, channels_last {args.channels_last}, compile {args.compile}, "
-        f"{opt}, repeats {args.repeats}",
+        f"{opt}, repeats {args.repeats}, glibc keeps freed memory {kept}",
         flush=True,
     )
     rows = []

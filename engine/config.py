@@ -113,6 +113,7 @@ class TrainerConfig:
     amp: Amp = Amp.off
     channels_last: bool = False
     compile: bool = False
+    keep_freed_memory: bool = True  # CPU on Linux: glibc reuses freed activations (engine/cpu.py)
     deterministic: bool = False
     resume: bool = False
     resume_from: str | None = None

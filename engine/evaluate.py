@@ -26,6 +26,7 @@ from models import VARIANTS, count_parameters, optimize_for_inference
 from . import distributed as dist
 from .checkpoint import atomic_write_json, load_checkpoint, load_weights
 from .config import ConfigError, model_overrides
+from .cpu import keep_freed_memory
 from .losses import main_logits
 from .metrics import METRICS, DiceTotals, MetricTotals
 
@@ -150,6 +151,8 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     from .train import build
 
     device = dist.setup(cfg.trainer.device)
+    if device.type == "cpu" and cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     check_image_size(cfg)
     ckpt_path = checkpoint_path(cfg)
     ckpt = load_checkpoint(ckpt_path, device, train_hint=command)

@@ -38,6 +38,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import model_overrides, to_yaml
+from .cpu import keep_freed_memory
 from .evaluate import check_image_size, validate
 from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import SegmentationLoss
@@ -305,6 +306,8 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Train the configured model; returns a summary (best epoch and loss, run folder, model)."""
     device = dist.setup(cfg.trainer.device)
     t = cfg.trainer
+    if device.type == "cpu" and t.keep_freed_memory:
+        keep_freed_memory()
     check_image_size(cfg)
     run_dir = prepare_run_dir(cfg)
     ensure_demo_data(cfg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 import benchmark
 from benchmarks.reference_dasnet import map_dasnet_key, reference_from
 from engine.config import load_config
+from engine.cpu import keep_freed_memory
 from models import MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
 from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
 
@@ -164,3 +166,10 @@ def test_training_options_channels_last_and_bf16_run_with_finite_losses(tiny_roo
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2
     assert all(math.isfinite(float(v)) for v in rows[1].split(",")[1:3])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_glibc_keeps_freed_memory_once_asked_and_tensors_still_work() -> None:
+    assert keep_freed_memory() and keep_freed_memory()  # idempotent
+    big = torch.ones(9 * 2**20)  # 36 MB: above glibc's largest mmap threshold
+    assert big.sum().item() == 9 * 2**20
