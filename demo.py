@@ -7,7 +7,7 @@ generated on first use under demo_data/; outputs go to runs/demo and results/dem
 replaces them), and the paper's tables are printed from the results at the end, beside two
 figures in results/demo/figures: the training curves and a grid of test predictions.
 
-The tour trains each model for --epochs (3: about 19 minutes for all seven on 2 CPU cores), fewer
+The tour trains each model for --epochs (3: about 15 minutes for all seven on 2 CPU cores), fewer
 than a single model's demo run (``python train_dasnet.py --demo``: 8 epochs, DAS-Net's test mIoU
 above 0.5), so its table shows the models early in training.
 """
