@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.reference_dasnet import reference_from
 from engine.cpu import keep_freed_memory
 from models import (
+    BASELINES,
     MODEL_NAMES,
     build_model,
     count_parameters,
@@ -213,11 +214,7 @@ def inference_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     """All figures for one model (and, for dasnet, the reference's beside ours)."""
     torch.manual_seed(args.seed)
-    kwargs = (
-        {}
-        if name in ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
-        else {"encoder_weights": None}
-    )
+    kwargs = {"encoder_weights": None} if name in BASELINES else {}  # never download weights
     model = build_model(name, **kwargs).to(device)
     row: dict[str, object] = {"model": name, "params": count_parameters(model)}
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format

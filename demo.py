@@ -21,7 +21,7 @@ import time
 import report
 from engine import run_script
 from models import MODEL_NAMES
-from tools import plots
+from tools import DEMO_RUNS, plots
 
 ORDER = ("thindyunet", "fulldyunet", "deepsupdyunet", "dasnet", "unet", "pan", "pspnet")
 FIGURES = "results/demo/figures"
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     code = report.main(["--demo"])
     if code:
         return code
-    runs = [f"runs/demo/{m}" for m in args.models]
+    runs = [str(DEMO_RUNS / m) for m in args.models]
     code = plots.main(["curves", *runs, "--out", f"{FIGURES}/curves.png"])
     grid = ["grid", "--demo", "--models", *args.models, "--n", "4", "--out", f"{FIGURES}/grid.png"]
     return code or plots.main(grid)

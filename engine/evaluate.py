@@ -26,7 +26,6 @@ from models import VARIANTS, count_parameters, optimize_for_inference
 from . import distributed as dist
 from .checkpoint import atomic_write_json, load_checkpoint, load_weights
 from .config import ConfigError, model_overrides
-from .cpu import keep_freed_memory
 from .losses import main_logits
 from .metrics import METRICS, DiceTotals, MetricTotals
 
@@ -148,11 +147,9 @@ def results_path(cfg: DictConfig) -> Path:
 def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; write and return the results."""
     from .loaders import ensure_demo_data, make_dataset, make_loader
-    from .train import build
+    from .train import build, setup_device
 
-    device = dist.setup(cfg.trainer.device)
-    if device.type == "cpu" and cfg.trainer.keep_freed_memory:
-        keep_freed_memory()
+    device = setup_device(cfg)
     check_image_size(cfg)
     ckpt_path = checkpoint_path(cfg)
     ckpt = load_checkpoint(ckpt_path, device, train_hint=command)

@@ -193,6 +193,15 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def setup_device(cfg: DictConfig) -> torch.device:
+    """This process's device (joining torchrun's group if launched by it); on the CPU, glibc is
+    told to keep freed memory unless ``trainer.keep_freed_memory`` is off."""
+    device = dist.setup(cfg.trainer.device)
+    if device.type == "cpu" and cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
+    return device
+
+
 def build(cfg: DictConfig, device: torch.device) -> nn.Module:
     """The configured model on its device (channels_last if asked), seeded for its init."""
     seed_everything(cfg.dataset.seed, cfg.trainer.deterministic)
@@ -304,10 +313,8 @@ def train_one_epoch(
 
 def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Train the configured model; returns a summary (best epoch and loss, run folder, model)."""
-    device = dist.setup(cfg.trainer.device)
+    device = setup_device(cfg)
     t = cfg.trainer
-    if device.type == "cpu" and t.keep_freed_memory:
-        keep_freed_memory()
     check_image_size(cfg)
     run_dir = prepare_run_dir(cfg)
     ensure_demo_data(cfg)

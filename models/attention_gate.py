@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .pointwise import pointwise
+
 
 class AttentionGate(nn.Module):
     """skip * sigmoid(psi(ReLU(W_g(g) + W_x(skip)))): lets the decoder mute irrelevant skips.
 
     ``g`` is the upsampled decoder feature map, at the skip's resolution. All three projections
-    are 1x1 convolutions without bias, as in the paper.
+    are 1x1 convolutions without bias, as in the paper (computed by ``pointwise``).
     """
 
     def __init__(self, gate_channels: int, skip_channels: int, inter_channels: int) -> None:
@@ -21,7 +23,8 @@ class AttentionGate(nn.Module):
 
     def coefficients(self, g: Tensor, skip: Tensor) -> Tensor:
         """The gate's B x 1 x H x W weights in (0, 1)."""
-        return torch.sigmoid(self.psi(torch.relu(self.w_g(g) + self.w_x(skip))))
+        act = pointwise(g, self.w_g.weight) + pointwise(skip, self.w_x.weight)
+        return torch.sigmoid(pointwise(torch.relu(act), self.psi.weight))
 
     def forward(self, g: Tensor, skip: Tensor) -> Tensor:
         return skip * self.coefficients(g, skip)

@@ -15,20 +15,18 @@ import benchmark
 from benchmarks.reference_dasnet import map_dasnet_key, reference_from
 from engine.config import load_config
 from engine.cpu import keep_freed_memory
-from models import MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
+from models import BASELINES, MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
 from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
 
 from .conftest import tiny_args
 
 train = importlib.import_module("engine.train").train
 
-DYNAMIC = ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
-
 
 def _build(name: str) -> torch.nn.Module:
     """A model with random weights; never downloads encoder weights."""
     torch.manual_seed(0)
-    return build_model(name) if name in DYNAMIC else build_model(name, encoder_weights=None)
+    return build_model(name, encoder_weights=None) if name in BASELINES else build_model(name)
 
 
 def _conv_and_grads(method: str, x: torch.Tensor, weight: torch.Tensor, pi: torch.Tensor):
