@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .pointwise import reshape
+
 Method = Literal["auto", "grouped", "per_sample", "mixture", "unfold"]
 METHODS: tuple[str, ...] = ("auto", "grouped", "per_sample", "mixture", "unfold")
 
@@ -45,8 +47,8 @@ def _grouped(x: Tensor, weight: Tensor, pi: Tensor, padding: int) -> Tensor:
     """Aggregate one kernel per sample, then run all samples as groups of one convolution."""
     b, c_in, h, w = x.shape
     kernel = _aggregate(weight, pi).flatten(0, 1)
-    out = F.conv2d(x.reshape(1, b * c_in, h, w), kernel, padding=padding, groups=b)
-    return out.reshape(b, -1, out.shape[-2], out.shape[-1])
+    out = F.conv2d(reshape(x, (1, b * c_in, h, w)), kernel, padding=padding, groups=b)
+    return reshape(out, (b, -1, out.shape[-2], out.shape[-1]))
 
 
 def _per_sample(x: Tensor, weight: Tensor, pi: Tensor, padding: int) -> Tensor:

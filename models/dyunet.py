@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention_gate import AttentionGate
+from .attention_gate import AttentionGate, UpGatedConcat
 from .dynamic_conv import DyConvBlock
 from .pointwise import pointwise
 
@@ -47,16 +47,26 @@ def fold_head(head: nn.Sequential) -> tuple[Tensor, Tensor]:
     return weight, w2 @ conv.bias + proj.bias
 
 
-def gated_concat(gate: AttentionGate, g: Tensor, skip: Tensor) -> Tensor:
-    """cat([g, gate(g, skip)]): the decoder block's input.
+def autocast_on(x: Tensor) -> bool:
+    """Whether autocast is active for x's device (the hand-written backwards assume FP32)."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def gated_concat(gate: AttentionGate, low: Tensor, skip: Tensor) -> Tensor:
+    """cat([g, gate(g, skip)]) with g = upsample(low): a gated decoder block's input.
 
     Without autograd, W_g g + W_x skip is one 1x1 conv of cat([g, skip]) with the weights side
     by side, and the skip half of that buffer is then scaled in place: the concatenation the
-    decoder needs comes for free. With autograd (nothing may be overwritten) it is the gate's
-    own forward, then the concatenation.
+    decoder needs comes for free. In CPU training it is ``UpGatedConcat``, which allocates
+    fewer full-size tensors than autograd would; elsewhere the gate's own forward, then the
+    concatenation.
     """
     if torch.is_grad_enabled():
-        return torch.cat([g, gate(g, skip)], dim=1)
+        if low.is_cuda or not (low.is_contiguous() and skip.is_contiguous()) or autocast_on(low):
+            g = upsample(low)
+            return torch.cat([g, gate(g, skip)], dim=1)
+        return UpGatedConcat.apply(low, skip, gate.w_g.weight, gate.w_x.weight, gate.psi.weight)
+    g = upsample(low)
     both = torch.cat([g, skip], dim=1)
     w_both = torch.cat([gate.w_g.weight, gate.w_x.weight], dim=1)
     alpha = torch.sigmoid_(pointwise(torch.relu_(pointwise(both, w_both)), gate.psi.weight))
@@ -64,25 +74,35 @@ def gated_concat(gate: AttentionGate, g: Tensor, skip: Tensor) -> Tensor:
     return both
 
 
-def head_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """conv3x3 (padding 1) for a head with few output channels.
+def head_conv(
+    x: Tensor, weight: Tensor, bias: Tensor, extra: tuple[Tensor, Tensor] | None = None
+) -> Tensor | tuple[Tensor, Tensor]:
+    """conv3x3 (padding 1) for a head with few output channels; with ``extra`` = (weight, bias)
+    of a 1x1 conv on the same x, also that conv's output: ``(logits, extra_out)``.
 
-    On NCHW CPU tensors: the nine taps as one 1x1 product (9 x C_out channels), then the nine
-    shifted maps summed. The CPU's direct conv kernel is several times slower for C_out = 1,
-    forward and backward; the result is the same up to float rounding.
+    On NCHW CPU tensors: the nine taps (and the extra 1x1 rows) as one 1x1 product, then the
+    nine shifted maps summed. The CPU's direct conv kernel is several times slower for C_out = 1,
+    forward and backward, and sharing the product with the last deep-supervision head saves a
+    full-resolution pass and gradient over x. The result is the same up to float rounding.
     """
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if x.is_cuda or not (x.is_contiguous() or channels_last) or weight.shape[0] > 4:
-        return F.conv2d(x, weight, bias, padding=1)
+        out = F.conv2d(x, weight, bias, padding=1)
+        return out if extra is None else (out, pointwise(x, *extra))
     b, _, h, w = x.shape
     o = weight.shape[0]
-    taps = pointwise(x, weight.permute(2, 3, 0, 1).reshape(9 * o, -1))
-    taps = F.pad(taps, (1, 1, 1, 1)).view(b, 3, 3, o, h + 2, w + 2)
+    rows = weight.permute(2, 3, 0, 1).reshape(9 * o, -1)
+    if extra is not None:
+        rows = torch.cat([rows, extra[0].flatten(1)])
+    products = pointwise(x, rows)
+    taps = F.pad(products[:, : 9 * o], (1, 1, 1, 1)).view(b, 3, 3, o, h + 2, w + 2)
     out = bias.view(1, -1, 1, 1)
     for i in range(3):
         for j in range(3):
             out = out + taps[:, i, j, :, i : i + h, j : j + w]
-    return out
+    if extra is None:
+        return out
+    return out, products[:, 9 * o :] + extra[1].view(1, -1, 1, 1)
 
 
 def upsample(x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -180,21 +200,25 @@ class DyUNet(nn.Module):
         aux: list[Tensor] = []
         first_aux_stage = self.stages - AUX_HEADS
         for i, block in enumerate(self.decoder):
-            x = upsample(x)
             skip = skips[-1 - i]
             if self.gates is not None:
                 x = block(gated_concat(self.gates[i], x, skip))
             else:
-                x = block(torch.cat([x, skip], dim=1))
-            if with_aux and i >= first_aux_stage:
+                x = block(torch.cat([upsample(x), skip], dim=1))
+            if with_aux and first_aux_stage <= i < self.stages - 1:
                 head = self.aux_heads[i - first_aux_stage]
                 a = pointwise(x, head.weight, head.bias)
                 aux.append(a if a.shape[-2:] == size else upsample(a, size))
         if isinstance(self.head, nn.Conv2d):  # already folded by optimize_for_inference
-            logits = head_conv(x, self.head.weight, self.head.bias)
+            weight, bias = self.head.weight, self.head.bias
         else:
-            logits = head_conv(x, *fold_head(self.head))
-        return (logits, aux) if with_aux else logits
+            weight, bias = fold_head(self.head)
+        if not with_aux:
+            return head_conv(x, weight, bias)
+        # the last aux head reads the same full-resolution x as the output head: one product
+        last = self.aux_heads[-1]
+        logits, last_aux = head_conv(x, weight, bias, extra=(last.weight, last.bias))
+        return logits, [*aux, last_aux]
 
 
 VARIANTS: dict[str, dict[str, bool]] = {

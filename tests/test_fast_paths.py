@@ -171,3 +171,75 @@ def test_glibc_keeps_freed_memory_once_asked_and_tensors_still_work() -> None:
     assert keep_freed_memory() and keep_freed_memory()  # idempotent
     big = torch.ones(9 * 2**20)  # 36 MB: above glibc's largest mmap threshold
     assert big.sum().item() == 9 * 2**20
+
+
+def _gate_and_grads(fused: bool, low, skip, gate):
+    """cat([g, gate(g, skip)]), g = upsample(low), and the gradients of a fixed weighted sum."""
+    from models.dyunet import gated_concat, upsample
+
+    low, skip = (t.detach().clone().requires_grad_() for t in (low, skip))
+    gate.zero_grad()
+    if fused:
+        out = gated_concat(gate, low, skip)
+    else:  # the module's own composition, autograd throughout
+        g = upsample(low)
+        out = torch.cat([g, gate(g, skip)], dim=1)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weights).sum().backward()
+    return [out.detach(), low.grad, skip.grad, *(p.grad for p in gate.parameters())]
+
+
+def test_fused_upsample_gate_concat_equals_autograd_forward_and_backward() -> None:
+    """UpGatedConcat (CPU training path) against upsample + AttentionGate + cat, in float64."""
+    from models.attention_gate import AttentionGate
+
+    torch.manual_seed(0)
+    gate = AttentionGate(16, 16, 8).double()
+    low = torch.randn(3, 16, 6, 10, dtype=torch.float64)
+    skip = torch.randn(3, 16, 12, 20, dtype=torch.float64)
+    fused = _gate_and_grads(True, low, skip, gate)
+    plain = _gate_and_grads(False, low, skip, gate)
+    names = ["out", "low", "skip", "w_g", "w_x", "psi"]
+    for name, a, b in zip(names, fused, plain, strict=True):
+        assert a is not None and b is not None, name
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), f"{name}: {(a - b).abs().max()}"
+
+
+def test_head_with_the_last_aux_head_in_one_product_equals_two_convs() -> None:
+    from models.dyunet import head_conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(1, 8, 3, 3, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    aw, ab = torch.randn(1, 8, 1, 1, dtype=torch.float64), torch.randn(1, dtype=torch.float64)
+    logits, aux = head_conv(x, w, b, extra=(aw, ab))
+    assert torch.allclose(logits, torch.nn.functional.conv2d(x, w, b, padding=1))
+    assert torch.allclose(aux, torch.nn.functional.conv2d(x, aw, ab))
+    (logits.sum() + 2 * aux.sum()).backward()
+    x2 = x.detach().requires_grad_()
+    F = torch.nn.functional
+    (F.conv2d(x2, w, b, padding=1).sum() + 2 * F.conv2d(x2, aw, ab).sum()).backward()
+    assert torch.allclose(x.grad, x2.grad)
+
+
+def test_gradients_of_a_tensor_used_twice_are_summed_in_place() -> None:
+    """The training paths hand autograd plain (not view) gradients, so a tensor read by two
+    branches (a DyConv's conv and its attention pooling, a skip read by the gate and the next
+    encoder stage) gets its gradients summed in place: no out-of-place full-size add."""
+    from torch.profiler import profile
+
+    model = _build("dasnet").train()
+    x = torch.rand(2, 3, 128, 128)
+    main, aux = model(x)
+    loss = main.sum() + sum(a.sum() for a in aux)
+    with profile(record_shapes=True) as prof:
+        loss.backward()
+    full_adds = [
+        e.input_shapes
+        for e in prof.events()
+        if e.name == "aten::add"
+        and e.input_shapes
+        and len(e.input_shapes[0]) == 4
+        and e.input_shapes[0][-1] >= 64
+    ]
+    assert full_adds == [], full_adds
