@@ -30,6 +30,11 @@ class AttentionGate(nn.Module):
     def forward(self, g: Tensor, skip: Tensor) -> Tensor:
         return skip * self.coefficients(g, skip)
 
+    def joint_weight(self) -> Tensor:
+        """[W_g W_x] side by side, inter x (gate + skip channels): W_g g + W_x skip is one
+        matrix product with the pixels of cat([g, skip])."""
+        return torch.cat([self.w_g.weight, self.w_x.weight], dim=1).flatten(1)
+
 
 def _bmm_weight(weight: Tensor, batch: int, transpose: bool = False) -> Tensor:
     """A 1x1 conv weight as a batch of matrices (a broadcast view, no copy)."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention_gate import AttentionGate, UpGatedConcat
+from .banded import Workspace, concat_into, max_pool_rows, run_block
 from .dynamic_conv import DyConvBlock
 from .pointwise import pointwise
 
@@ -68,7 +69,7 @@ def gated_concat(gate: AttentionGate, low: Tensor, skip: Tensor) -> Tensor:
         return UpGatedConcat.apply(low, skip, gate.w_g.weight, gate.w_x.weight, gate.psi.weight)
     g = upsample(low)
     both = torch.cat([g, skip], dim=1)
-    w_both = torch.cat([gate.w_g.weight, gate.w_x.weight], dim=1)
+    w_both = gate.joint_weight()[..., None, None]
     alpha = torch.sigmoid_(pointwise(torch.relu_(pointwise(both, w_both)), gate.psi.weight))
     both[:, g.shape[1] :].mul_(alpha)
     return both
@@ -137,7 +138,7 @@ class DyUNet(nn.Module):
             )
         if deep_supervision and stages < AUX_HEADS:
             raise ValueError(f"deep supervision needs stages >= {AUX_HEADS}; got {stages=}")
-        self.stages = stages
+        self.stages, self.width = stages, width
         self.dynamic_decoder = dynamic_decoder
         self.attention_gates = attention_gates
         self.deep_supervision = deep_supervision
@@ -167,8 +168,10 @@ class DyUNet(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, classes, 1)
         )
-        # optimize_for_inference sets channels_last where that layout is faster (CPU inference).
+        # optimize_for_inference sets channels_last where that layout is faster (CPU inference)
+        # and a workspace for the large maps (models/banded.py)
         self.memory_format = torch.contiguous_format
+        self.workspace: Workspace | None = None
 
     @property
     def size_multiple(self) -> int:
@@ -188,6 +191,8 @@ class DyUNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, list[Tensor]]:
         self.check_input(x)
         x = x.contiguous(memory_format=self.memory_format)
+        if self._uses_workspace(x):
+            return self._forward_banded(x)
         size = x.shape[-2:]
         skips = []
         for block in self.encoder:
@@ -200,25 +205,71 @@ class DyUNet(nn.Module):
         aux: list[Tensor] = []
         first_aux_stage = self.stages - AUX_HEADS
         for i, block in enumerate(self.decoder):
-            skip = skips[-1 - i]
-            if self.gates is not None:
-                x = block(gated_concat(self.gates[i], x, skip))
-            else:
-                x = block(torch.cat([upsample(x), skip], dim=1))
+            x = block(self._concat(i, x, skips[-1 - i]))
             if with_aux and first_aux_stage <= i < self.stages - 1:
                 head = self.aux_heads[i - first_aux_stage]
                 a = pointwise(x, head.weight, head.bias)
                 aux.append(a if a.shape[-2:] == size else upsample(a, size))
-        if isinstance(self.head, nn.Conv2d):  # already folded by optimize_for_inference
-            weight, bias = self.head.weight, self.head.bias
-        else:
-            weight, bias = fold_head(self.head)
         if not with_aux:
-            return head_conv(x, weight, bias)
+            return head_conv(x, *self._head_weights())
         # the last aux head reads the same full-resolution x as the output head: one product
         last = self.aux_heads[-1]
-        logits, last_aux = head_conv(x, weight, bias, extra=(last.weight, last.bias))
+        logits, last_aux = head_conv(x, *self._head_weights(), extra=(last.weight, last.bias))
         return logits, [*aux, last_aux]
+
+    def _concat(self, stage: int, low: Tensor, skip: Tensor) -> Tensor:
+        """Decoder stage ``stage``'s input: upsampled ``low`` and the (gated) skip, concatenated."""
+        if self.gates is not None:
+            return gated_concat(self.gates[stage], low, skip)
+        return torch.cat([upsample(low), skip], dim=1)
+
+    def _head_weights(self) -> tuple[Tensor, Tensor]:
+        if isinstance(self.head, nn.Conv2d):  # already folded by optimize_for_inference
+            return self.head.weight, self.head.bias
+        return fold_head(self.head)
+
+    def _uses_workspace(self, x: Tensor) -> bool:
+        """Whether this call runs row-banded in ``self.workspace``: CPU, NHWC, eval, no autograd,
+        no tracing, and a finest-stage concatenation large enough to pay."""
+        ws = self.workspace
+        if ws is None or self.training or x.device.type != "cpu":
+            return False
+        if self.memory_format != torch.channels_last or _tracing():
+            return False
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False
+        return ws.holds(x, 2 * self.width, *x.shape[-2:])
+
+    def _forward_banded(self, x: Tensor) -> Tensor:
+        """The eval forward, one sample at a time, with the large maps in the workspace."""
+        if x.shape[0] > 1:
+            return torch.cat([self._forward_banded(x[i : i + 1]) for i in range(x.shape[0])])
+        ws = self.workspace
+        skips = []
+        for i, block in enumerate(self.encoder):
+            x = run_block(block, x, ws, f"enc{i}")
+            skips.append(x)
+            x = max_pool_rows(x, ws) if ws.holds(x, *x.shape[1:]) else self.pool(x)
+        x = self.bottleneck(x)
+        for i, block in enumerate(self.decoder):
+            skip = skips[-1 - i]
+            if ws.holds(skip, 2 * skip.shape[1], *skip.shape[-2:]):
+                gate = None if self.gates is None else self.gates[i]
+                gate_weights = (
+                    None if gate is None else (gate.joint_weight(), gate.psi.weight.flatten(1))
+                )
+                x = concat_into(x, skip, ws, f"dec{i}", gate_weights)
+            else:
+                x = self._concat(i, x, skip)
+            x = run_block(block, x, ws, f"dec{i}")
+        return head_conv(x, *self._head_weights())
+
+
+def _tracing() -> bool:
+    """Whether the forward is being traced or compiled (the banded path is eager-only)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
 VARIANTS: dict[str, dict[str, bool]] = {

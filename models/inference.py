@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from .banded import Workspace
 from .dynamic_conv import DyConv2d, bank_to_channels_last
 from .dyunet import DyUNet, fold_head
 
@@ -106,12 +107,17 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 
 
 def optimize_for_inference(
-    model: nn.Module, compile: bool = False, channels_last: bool | None = None
+    model: nn.Module,
+    compile: bool = False,
+    channels_last: bool | None = None,
+    workspace: bool | None = None,
 ) -> nn.Module:
     """Return an eval-mode copy of ``model`` that computes the same logits (within 1e-4), faster.
 
     The caller's model is never modified. ``channels_last=None`` picks the layout that pays on
-    the model's device; ``compile`` wraps the result in ``torch.compile``.
+    the model's device; ``compile`` wraps the result in ``torch.compile``. ``workspace=None``
+    gives each DyUNet a ``Workspace`` (row-banded large maps, buffers kept between calls) where
+    it pays: CPU, channels_last, not compiled (the compiler plans its own memory).
     """
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
@@ -124,6 +130,16 @@ def optimize_for_inference(
         channels_last = channels_last_pays(device)
     if channels_last:
         to_channels_last(model)
+    if workspace is None:
+        workspace = device.type == "cpu" and channels_last and not compile
+    elif workspace and not channels_last:
+        raise ValueError(
+            "workspace=True needs channels_last=True (it convolves bands of NHWC rows)"
+        )
+    if workspace:
+        for module in model.modules():
+            if isinstance(module, DyUNet):
+                module.workspace = Workspace()
     if compile:
         model = torch.compile(model)
     return model
