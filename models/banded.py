@@ -76,7 +76,7 @@ class Workspace:
         return self.flat(name, like, channels * h * w).view(1, h, w, channels).permute(0, 3, 1, 2)
 
     def rows(self, x: Tensor, channels: int) -> int:
-        """Rows per band for maps of x's width with up to ``channels`` channels (even, >= 2)."""
+        """Rows per band of an output with ``channels`` channels and x's width (even, >= 2)."""
         rows = self.band_bytes // (channels * x.shape[-1] * x.element_size())
         return max(2, rows - rows % 2)
 
@@ -96,11 +96,11 @@ def bands(h: int, rows: int) -> Iterator[tuple[int, int]]:
 
 
 def _moments(y: Tensor) -> Moments:
-    """Per-channel count, mean and sum of squared deviations of a 1 x C x h x w NHWC band."""
-    flat = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
-    mean = flat.sum(0).div_(flat.shape[0])  # column sums: far faster than var_mean(dim=0) here
-    m2 = (flat - mean).pow_(2).sum(0)
-    return flat.shape[0], mean.double(), m2.double()
+    """Per-channel count, mean and sum of squared deviations of a 1 x C x h x w band."""
+    n = y.shape[2] * y.shape[3]
+    # BatchNorm's statistics kernel: one two-pass op, channels_last-aware
+    mean, var = torch.batch_norm_update_stats(y, None, None, 0.0)
+    return n, mean, var * n
 
 
 def conv_rows_into(
@@ -134,7 +134,8 @@ def group_norm_affine(norm: nn.GroupNorm, moments: list[Moments]) -> tuple[Tenso
     """(scale, shift), 1 x C x 1 x 1: GroupNorm over the bands whose moments are given is
     ``x * scale + shift``. The moments are combined in float64 (Chan et al.'s parallel formula)."""
     counts = torch.tensor([m[0] for m in moments], dtype=torch.float64)
-    means, m2s = torch.stack([m[1] for m in moments]), torch.stack([m[2] for m in moments])
+    means = torch.stack([m[1] for m in moments]).double()
+    m2s = torch.stack([m[2] for m in moments]).double()
     n = counts.sum()
     mean = (counts[:, None] * means).sum(0) / n
     m2 = m2s.sum(0) + (counts[:, None] * (means - mean) ** 2).sum(0)
@@ -194,7 +195,7 @@ def run_block(block: nn.Module, x: Tensor, ws: Workspace, name: str) -> Tensor:
         c = dyconv.out_channels
         if not ws.holds(x, c, h, w) or dyconv.padding != dyconv.weight.shape[-1] // 2:
             return block(x)
-        rows = ws.rows(x, max(c, x.shape[1]))
+        rows = ws.rows(x, c)
         kernel = _aggregate(dyconv.weight, dyconv.kernel_weights(x))[0]
         moments: list[Moments] = []
         out = conv_rows_into(x, kernel, None, ws.map(name, x, c, h, w), rows, moments)
@@ -208,7 +209,7 @@ def run_block(block: nn.Module, x: Tensor, ws: Workspace, name: str) -> Tensor:
         # each conv reads all of the previous output (its halo): intermediates alternate buffers
         where = name if i == len(convs) - 1 else f"{name}.mid{i % 2}"
         out = ws.map(where, x, conv.out_channels, h, w)
-        rows = ws.rows(x, max(conv.in_channels, conv.out_channels))
+        rows = ws.rows(x, conv.out_channels)
         x = conv_rows_into(x, conv.weight, conv.bias, out, rows)
         _activate_rows(x, rows, slope)
     return x
