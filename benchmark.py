@@ -11,7 +11,8 @@ at --train-batch x --train-size (forward, loss with deep supervision where the m
 backward, AdamW step); peak memory (CUDA max_memory_allocated, or the process's RSS sampled
 above its level before the run). For dasnet the straightforward reference implementation
 (benchmarks/reference_dasnet.py) is timed interleaved with ours on the same inputs and weights,
-and the speed-ups are printed.
+and the speed-ups are printed; where ours runs in a CPU workspace (models/banded.py), ours
+without it is timed in the same interleaving too.
 """
 
 from __future__ import annotations
@@ -201,15 +202,29 @@ def onnx_latency(model: nn.Module, x: Tensor, args: argparse.Namespace) -> float
     return t["ort"] * 1e3
 
 
-def inference_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+def inference_model(
+    model: nn.Module, args: argparse.Namespace, workspace: bool | None = None
+) -> nn.Module:
     if args.no_optimize:
         m = model.eval()
         if args.channels_last:
             m = to_channels_last(m)
         return torch.compile(m) if args.compile else m
     return optimize_for_inference(
-        model, compile=args.compile, channels_last=True if args.channels_last else None
+        model,
+        compile=args.compile,
+        channels_last=True if args.channels_last else None,
+        workspace=workspace,
     )
+
+
+def uses_workspace(model: nn.Module, x: Tensor) -> bool:
+    """Whether ``model(x)`` runs in a workspace (models/banded.py): only large enough maps do."""
+    ws = getattr(model, "workspace", None)
+    if ws is None:
+        return False
+    model(x)
+    return ws.nbytes() > 0
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, object]:
@@ -230,6 +245,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         x_ref = x.contiguous()  # the straightforward path stays NCHW
         forward["reference"] = lambda: reference(x_ref)
     with torch.no_grad(), autocast(args, device):
+        if reference is not None and uses_workspace(fast, x):  # what it adds, in the same run
+            no_ws = inference_model(model, args, workspace=False)
+            forward["no_workspace"] = lambda: no_ws(x)
         t = interleaved(forward, device, args.repeats, args.warmup)
         # memory in its own untimed run (the CPU sampler thread would slow the timed ones), the
         # first of a fresh copy: that includes the buffers a workspace keeps between calls
@@ -242,6 +260,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     row["infer_mb"] = mem["mb"]
     if reference is not None:
         row["ref_ms"] = t["reference"] * 1e3
+    if "no_workspace" in t:
+        row["no_ws_ms"] = t["no_workspace"] * 1e3
     if args.onnx:
         row["onnx_ms"] = onnx_latency(model.eval(), x, args)
 
@@ -307,6 +327,12 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             f"dasnet forward b1@{args.size}: reference {r['ref_ms']:.1f} ms, ours "
             f"{r['ms']:.1f} ms -> speed-up {r['ref_ms'] / r['ms']:.2f}x"
         )
+        if "no_ws_ms" in r:
+            lines.append(
+                f"  ours without the workspace {r['no_ws_ms']:.1f} ms (speed-up "
+                f"{r['ref_ms'] / r['no_ws_ms']:.2f}x); the workspace gains "
+                f"{r['no_ws_ms'] / r['ms']:.2f}x"
+            )
         if "ref_train_ips" in r:
             lines.append(
                 f"dasnet train step b{args.train_batch}@{args.train_size}: reference "

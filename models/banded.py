@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from .dynamic_conv import DyConvBlock, _aggregate
 
-Moments = tuple[
-    int, Tensor, Tensor
-]  # pixels, per-channel mean, per-channel sum of squared deviations
+# pixels, per-channel mean, per-channel sum of squared deviations
+Moments = tuple[int, Tensor, Tensor]
 
 
 class Workspace:

@@ -16,6 +16,7 @@ from benchmarks.reference_dasnet import map_dasnet_key, reference_from
 from engine.config import load_config
 from engine.cpu import keep_freed_memory
 from models import BASELINES, MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
+from models.banded import Workspace
 from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
 
 from .conftest import tiny_args
@@ -134,6 +135,19 @@ def test_benchmark_runs_end_to_end_and_prints_a_ratio(capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "| dasnet | 1,657,672 |" in printed
     assert "speed-up" in printed and rows[0]["ref_ms"] > 0 and rows[0]["train_ips"] > 0
+    # 128x128 maps are below the workspace's threshold: nothing to compare it with
+    assert "no_ws_ms" not in rows[0] and "without the workspace" not in printed
+
+
+def test_benchmark_knows_when_the_workspace_is_used() -> None:
+    model = optimize_for_inference(_build("dasnet"))
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert not benchmark.uses_workspace(model, x)  # 128x128: below the 32 MiB threshold
+        model.workspace = Workspace(min_bytes=0)
+        assert benchmark.uses_workspace(model, x)
+        plain = optimize_for_inference(_build("dasnet"), workspace=False)
+        assert not benchmark.uses_workspace(plain, x)
 
 
 def test_channels_last_training_equals_the_plain_layout() -> None:
