@@ -155,7 +155,9 @@ def group_norm_affine(norm: nn.GroupNorm, moments: list[Moments]) -> tuple[Tenso
     return scale.to(dtype).view(1, -1, 1, 1), shift.to(dtype).view(1, -1, 1, 1)
 
 
-def _activate_rows(out: Tensor, rows: int, slope: float, scale=None, shift=None) -> None:
+def _activate_rows(
+    out: Tensor, rows: int, slope: float, scale: Tensor | None = None, shift: Tensor | None = None
+) -> None:
     """In place, band by band: out = leaky_relu(out * scale + shift) (no affine if not given)."""
     for r0, r1 in bands(out.shape[2], rows):
         band = out[:, :, r0:r1]
