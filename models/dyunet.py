@@ -58,12 +58,13 @@ def gated_concat(gate: AttentionGate, low: Tensor, skip: Tensor) -> Tensor:
 
     Without autograd, W_g g + W_x skip is one 1x1 conv of cat([g, skip]) with the weights side
     by side, and the skip half of that buffer is then scaled in place: the concatenation the
-    decoder needs comes for free. In CPU training it is ``UpGatedConcat``, which allocates
-    fewer full-size tensors than autograd would; elsewhere the gate's own forward, then the
-    concatenation.
+    decoder needs comes for free. In eager CPU training it is ``UpGatedConcat``, which allocates
+    fewer full-size tensors than autograd would; elsewhere (CUDA, autocast, torch.compile: its
+    inductor fails on UpGatedConcat) the gate's own forward, then the concatenation.
     """
     if torch.is_grad_enabled():
-        if low.is_cuda or not (low.is_contiguous() and skip.is_contiguous()) or autocast_on(low):
+        plain = low.is_cuda or autocast_on(low) or _tracing()
+        if plain or not (low.is_contiguous() and skip.is_contiguous()):
             g = upsample(low)
             return torch.cat([g, gate(g, skip)], dim=1)
         return UpGatedConcat.apply(low, skip, gate.w_g.weight, gate.w_x.weight, gate.psi.weight)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import shutil
 import sys
 
 import pytest
@@ -178,6 +179,41 @@ def test_training_options_channels_last_and_bf16_run_with_finite_losses(tiny_roo
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2
     assert all(math.isfinite(float(v)) for v in rows[1].split(",")[1:3])
+
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_training_and_inference_equal_eager() -> None:
+    """trainer.compile and optimize_for_inference(compile=True): a small DAS-Net (attention gates
+    and deep supervision) compiles for training at two batch sizes (the second recompiles with a
+    symbolic batch) and for inference, and computes what eager mode does."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("dasnet", width=8, stages=3).train()
+    compiled = torch.compile(copy.deepcopy(model))
+    for batch in (2, 3):
+        x = torch.rand(batch, 3, 32, 32)
+        (main, aux), (c_main, c_aux) = model(x), compiled(x)
+        for a, b in zip([main, *aux], [c_main, *c_aux], strict=True):
+            assert (a - b).abs().max().item() <= 1e-4
+        (main.sum() + sum(a.sum() for a in aux)).backward()
+        (c_main.sum() + sum(a.sum() for a in c_aux)).backward()
+        named = dict(compiled.named_parameters())
+        for key, p in model.named_parameters():
+            ref, got = p.grad, named[f"_orig_mod.{key}"].grad
+            # FP32 sums over every pixel in another order: 1e-3 of the largest entry
+            assert (ref - got).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item()), key
+        model.zero_grad(), compiled.zero_grad()
+    fast = optimize_for_inference(model, compile=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (fast(x) - model.eval()(x)).abs().max().item() <= 1e-4
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
