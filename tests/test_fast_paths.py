@@ -8,6 +8,7 @@ import importlib
 import math
 import shutil
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -114,20 +115,38 @@ def test_reference_dasnet_equals_ours(train: bool) -> None:
         assert (a - b).abs().max().item() <= 1e-4
 
 
+def _same_training_pass(
+    model: torch.nn.Module,
+    other: torch.nn.Module,
+    x: torch.Tensor,
+    grad_rtol: float,
+    out_atol: float | None = None,
+    other_key: Callable[[str], str] = lambda key: key,
+) -> torch.Tensor:
+    """Run a deep-supervision model and ``other`` on x, backward from the sum of all their
+    logits, and assert equal outputs (``out_atol``, if given) and gradients (``grad_rtol`` of
+    each gradient's largest entry). Returns other's main logits."""
+    (main, aux), (o_main, o_aux) = model(x), other(x)
+    if out_atol is not None:
+        for a, b in zip([main, *aux], [o_main, *o_aux], strict=True):
+            assert (a - b).abs().max().item() <= out_atol
+    (main.sum() + sum(a.sum() for a in aux)).backward()
+    (o_main.sum() + sum(a.sum() for a in o_aux)).backward()
+    named = dict(other.named_parameters())
+    for key, p in model.named_parameters():
+        g, o_g = p.grad, named[other_key(key)].grad
+        diff = (g - o_g).abs().max().item()
+        assert diff <= grad_rtol * max(1.0, g.abs().max().item()), f"{key}: {diff}"
+    return o_main
+
+
 def test_reference_dasnet_gradients_equal_ours() -> None:
     """In float64, so that summation order (FP32 rounding of sums over 32k pixels) cannot hide
     or fake a difference: the two backward passes must agree to 1e-9 relative."""
     model = _build("dasnet").double().train()
     ref = reference_from(model).double()
     x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
-    (main, aux), (ref_main, ref_aux) = model(x), ref(x)
-    (main.sum() + sum(a.sum() for a in aux)).backward()
-    (ref_main.sum() + sum(a.sum() for a in ref_aux)).backward()
-    named = dict(ref.named_parameters())
-    for key, p in model.named_parameters():
-        g, ref_g = p.grad, named[map_dasnet_key(key)].grad
-        diff = (g - ref_g).abs().max().item()
-        assert diff <= 1e-9 * max(1.0, ref_g.abs().max().item()), f"{key}: {diff}"
+    _same_training_pass(model, ref, x, grad_rtol=1e-9, other_key=map_dasnet_key)
 
 
 def test_benchmark_runs_end_to_end_and_prints_a_ratio(capsys: pytest.CaptureFixture) -> None:
@@ -157,16 +176,8 @@ def test_channels_last_training_equals_the_plain_layout() -> None:
     fast = to_channels_last(copy.deepcopy(model))
     assert fast.encoder[1][0].weight.permute(0, 1, 3, 4, 2).is_contiguous()
     x = torch.rand(2, 3, 128, 128, dtype=torch.float64)
-    (main, aux), (fast_main, fast_aux) = model(x), fast(x)
+    fast_main = _same_training_pass(model, fast, x, grad_rtol=1e-9, out_atol=1e-9)
     assert fast_main.is_contiguous(memory_format=torch.channels_last)
-    for a, b in zip([main, *aux], [fast_main, *fast_aux], strict=True):
-        assert (a - b).abs().max().item() <= 1e-9
-    (main.sum() + sum(a.sum() for a in aux)).backward()
-    (fast_main.sum() + sum(a.sum() for a in fast_aux)).backward()
-    named = dict(fast.named_parameters())
-    for key, p in model.named_parameters():
-        diff = (p.grad - named[key].grad).abs().max().item()
-        assert diff <= 1e-9 * max(1.0, p.grad.abs().max().item()), key
 
 
 @pytest.mark.slow
@@ -199,16 +210,10 @@ def test_compiled_training_and_inference_equal_eager() -> None:
     compiled = torch.compile(copy.deepcopy(model))
     for batch in (2, 3):
         x = torch.rand(batch, 3, 32, 32)
-        (main, aux), (c_main, c_aux) = model(x), compiled(x)
-        for a, b in zip([main, *aux], [c_main, *c_aux], strict=True):
-            assert (a - b).abs().max().item() <= 1e-4
-        (main.sum() + sum(a.sum() for a in aux)).backward()
-        (c_main.sum() + sum(a.sum() for a in c_aux)).backward()
-        named = dict(compiled.named_parameters())
-        for key, p in model.named_parameters():
-            ref, got = p.grad, named[f"_orig_mod.{key}"].grad
-            # FP32 sums over every pixel in another order: 1e-3 of the largest entry
-            assert (ref - got).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item()), key
+        # FP32 gradients summed over every pixel in another order: 1e-3 of the largest entry
+        _same_training_pass(
+            model, compiled, x, grad_rtol=1e-3, out_atol=1e-4, other_key="_orig_mod.{}".format
+        )
         model.zero_grad(), compiled.zero_grad()
     fast = optimize_for_inference(model, compile=True)
     x = torch.rand(1, 3, 64, 64)
