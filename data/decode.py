@@ -18,6 +18,7 @@ from PIL import Image
 from .layout import DatasetError
 
 MASK_RESIZES: tuple[str, ...] = ("bilinear", "nearest")
+IMAGE_CHANNELS = 3  # decode_image gives RGB, infrared frames included
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _ALPHA_MODES = ("LA", "PA", "RGBA")
 _TRAILERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}

@@ -11,18 +11,22 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from data import DatasetError
 from models import PretrainedWeightsError
 
 from . import distributed as dist
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, WriteError
 from .config import ConfigError, load_config
+from .runfolder import RunFolderError
 
 EXPECTED_ERRORS = (
     ConfigError,
     DatasetError,
     CheckpointError,
+    WriteError,
+    RunFolderError,
     PretrainedWeightsError,
     FileNotFoundError,
     PermissionError,
@@ -58,6 +62,30 @@ def _parser(script: str, model: str, train: bool) -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(
+    script: str, model: str, train: bool, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed arguments and the config overrides they amount to.
+
+    ``--resume`` takes an optional path, so argparse would swallow a following ``key=value`` as
+    that path: a value with ``=`` that is no file is given back to the overrides.
+    """
+    args = _parser(script, model, train).parse_args(argv)
+    overrides = list(args.overrides)
+    swallowed = isinstance(args.resume, str) and "=" in args.resume
+    if train and swallowed and not Path(args.resume).is_file():
+        overrides.insert(0, args.resume)
+        args.overrides.insert(0, args.resume)
+        args.resume = True
+    if train and args.resume is not None:
+        overrides.append(
+            "trainer.resume=true" if args.resume is True else f"trainer.resume_from={args.resume}"
+        )
+    if not train and args.checkpoint:
+        overrides.append(f"test.checkpoint={args.checkpoint}")
+    return args, overrides
+
+
 def _setup_logging() -> None:
     level = logging.INFO if dist.rank() == 0 else logging.WARNING
     logging.basicConfig(
@@ -68,18 +96,11 @@ def _setup_logging() -> None:
 def run_script(model: str, train: bool, argv: Sequence[str] | None = None) -> int:
     """Entry point of train_<model>.py (train=True) and test_<model>.py; returns the exit code."""
     from .evaluate import format_results, test
-    from .train import Interrupted, RunFolderError, TrainingError
+    from .train import Interrupted, TrainingError
     from .train import train as train_run
 
     script = f"{'train' if train else 'test'}_{model}.py"
-    args = _parser(script, model, train).parse_args(argv)
-    overrides = list(args.overrides)
-    if train and args.resume is not None:
-        overrides.append(
-            "trainer.resume=true" if args.resume is True else f"trainer.resume_from={args.resume}"
-        )
-    if not train and args.checkpoint:
-        overrides.append(f"test.checkpoint={args.checkpoint}")
+    args, overrides = parse_args(script, model, train, argv)
     _setup_logging()
     train_command = (
         f"python train_{model}.py"
@@ -103,8 +124,11 @@ def run_script(model: str, train: bool, argv: Sequence[str] | None = None) -> in
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
-    except (*EXPECTED_ERRORS, RunFolderError, TrainingError) as exc:
+    except (*EXPECTED_ERRORS, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, testing)
+        print(f"interrupted: {script} stopped by Ctrl-C; nothing was written", file=sys.stderr)
+        return 130
     finally:
         dist.cleanup()
