@@ -72,7 +72,7 @@ def parse_args(
     """
     args = _parser(script, model, train).parse_args(argv)
     overrides = list(args.overrides)
-    swallowed = isinstance(args.resume, str) and "=" in args.resume
+    swallowed = isinstance(getattr(args, "resume", None), str) and "=" in args.resume
     if train and swallowed and not Path(args.resume).is_file():
         overrides.insert(0, args.resume)
         args.overrides.insert(0, args.resume)
