@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.checkpoint import check_writable
 from engine.latency import measure_latency, time_ms
 from engine.losses import main_logits
 from models import MODEL_NAMES, DyConv2d
@@ -241,6 +242,7 @@ def _run(args: argparse.Namespace) -> int:
     size = input_size(ckpt, args.size, plain)
     in_channels = int((ckpt.get("model_kwargs") or {}).get("in_channels", 3))
     out = Path(args.out or f"exports/{name}.onnx")
+    check_writable(out.parent)  # before the minutes of export and verification
     batches = check_batches(size, real_images(args.images), in_channels)
     model, optimized = _optimized(plain), True
     try:
