@@ -449,6 +449,55 @@ def summary(run_dir: Path, progress: Progress, resumed: bool, **extra: Any) -> d
     }
 
 
+def open_writer(run_dir: Path, cfg: DictConfig, first_epoch: int) -> Any:
+    """Write config.yaml and open TensorBoard (main process only; None elsewhere)."""
+    if not dist.is_main():
+        return None
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(run_dir / "tb", purge_step=first_epoch)
+
+
+def interrupted(
+    signum: int, learner: Learner, progress: Progress, cfg: DictConfig, run_dir: Path, command: str
+) -> Interrupted:
+    """Save ``last.pt`` mid-epoch (``progress.step`` steps of the next epoch done) and say how
+    to resume."""
+    if dist.is_main():
+        save_checkpoint(run_dir / "last.pt", checkpoint_state(learner, progress, cfg))
+    return Interrupted(
+        f"{signal.Signals(signum).name} received: stopped at epoch {progress.epoch + 1}, step "
+        f"{progress.step}; '{run_dir / 'last.pt'}' saved. Resume with: {command} "
+        f"trainer.resume=true".strip()
+    )
+
+
+def end_epoch(
+    learner: Learner, progress: Progress, epoch: int, val_loss: float, cfg: DictConfig
+) -> tuple[bool, bool]:
+    """The scheduler, the best epoch and early stopping see the validation loss; (improved,
+    stop early)."""
+    val_loss = val_loss if math.isfinite(val_loss) else math.inf
+    learner.scheduler.step(val_loss)
+    improved = val_loss < progress.best_loss
+    if improved:
+        progress.best_loss, progress.best_epoch = val_loss, epoch
+    stop_early = learner.stopper.step(val_loss)
+    progress.epoch, progress.step, progress.loss_sum = epoch, 0, 0.0
+    progress.finished = stop_early or epoch == cfg.trainer.epochs
+    return improved, stop_early
+
+
+def save_epoch(
+    run_dir: Path, learner: Learner, progress: Progress, cfg: DictConfig, improved: bool
+) -> None:
+    """``best.pt`` (weights) when the validation loss improved, and ``last.pt`` (everything)."""
+    if improved:
+        save_checkpoint(run_dir / "best.pt", checkpoint_state(learner, progress, cfg, full=False))
+    save_checkpoint(run_dir / "last.pt", checkpoint_state(learner, progress, cfg))
+
+
 def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Train the configured model; returns a summary (best epoch and loss, run folder, model).
 
@@ -470,25 +519,18 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     learner = make_learner(model, cfg, device)
 
     with RunFolder(cfg) as run_dir:
-        resume_path = (
-            Path(t.resume_from) if t.resume_from else (run_dir / "last.pt" if t.resume else None)
-        )
+        resume_path = Path(t.resume_from) if t.resume_from else None
+        if t.resume and resume_path is None:
+            resume_path = run_dir / "last.pt"
         progress = Progress()
         if resume_path is not None:
             progress = resume(learner, resume_path, cfg, device, command)
             if progress.finished and not can_extend(progress, learner, cfg, run_dir):
                 return summary(run_dir, progress, resumed=True)
-            logger.info(
-                "resuming %s at epoch %d, step %d", resume_path, progress.epoch + 1, progress.step
-            )
+            logger.info("resuming %s at epoch %d", resume_path, progress.epoch + 1)
         net = wrap_for_training(model, cfg, device)
-        writer = None
-        if dist.is_main():
-            atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(run_dir / "tb", purge_step=progress.epoch + 1)
-        stopped_early = False
+        writer = open_writer(run_dir, cfg, progress.epoch + 1)
+        stop_early = False
         with (
             StopSignal() as stop,
             contextlib.closing(writer) if writer else contextlib.nullcontext(),
@@ -510,49 +552,24 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
                     progress.loss_sum if progress.step else 0.0,
                 )
                 if stop.received is not None:
-                    # Mid-epoch: ``epoch - 1`` finished, ``steps`` of this one done.
                     progress.step, progress.loss_sum = steps, loss_sum
-                    if dist.is_main():
-                        save_checkpoint(
-                            run_dir / "last.pt", checkpoint_state(learner, progress, cfg)
-                        )
-                    raise Interrupted(
-                        f"{signal.Signals(stop.received).name} received: stopped at epoch {epoch}, "
-                        f"step {steps}; '{run_dir / 'last.pt'}' saved. Resume with: {command} "
-                        f"trainer.resume=true".strip()
-                    )
+                    raise interrupted(stop.received, learner, progress, cfg, run_dir, command)
                 train_loss = mean_train_loss(loss_sum, steps - skipped, device)
                 val = validate(net, val_loader, criterion, cfg, device)
-                val_loss = val["loss"] if math.isfinite(val["loss"]) else math.inf
-                learner.scheduler.step(val_loss)
-                improved = val_loss < progress.best_loss
-                if improved:
-                    progress.best_loss, progress.best_epoch = val_loss, epoch
-                stopped_early = learner.stopper.step(val_loss)
-                progress.epoch, progress.step, progress.loss_sum = epoch, 0, 0.0
-                progress.finished = stopped_early or epoch == t.epochs
+                improved, stop_early = end_epoch(learner, progress, epoch, val["loss"], cfg)
                 if dist.is_main():
                     lr = learner.optimizer.param_groups[0]["lr"]
                     seconds = time.perf_counter() - started
                     record_epoch(
                         run_dir, writer, progress, epoch, train_loss, val, lr, seconds, improved
                     )
-                    if improved:
-                        save_checkpoint(
-                            run_dir / "best.pt",
-                            checkpoint_state(learner, progress, cfg, full=False),
-                        )
-                    save_checkpoint(run_dir / "last.pt", checkpoint_state(learner, progress, cfg))
-                if stopped_early:
+                    save_epoch(run_dir, learner, progress, cfg, improved)
+                if stop_early:
                     logger.info(
                         "early stopping at epoch %d (best epoch %d)", epoch, progress.best_epoch
                     )
                     break
     dist.barrier()
     return summary(
-        run_dir,
-        progress,
-        resume_path is not None,
-        stopped_early=stopped_early,
-        model=model,
+        run_dir, progress, resume_path is not None, stopped_early=stop_early, model=model
     )
