@@ -67,16 +67,18 @@ def parse_args(
 ) -> tuple[argparse.Namespace, list[str]]:
     """The parsed arguments and the config overrides they amount to.
 
-    ``--resume`` takes an optional path, so argparse would swallow a following ``key=value`` as
-    that path: a value with ``=`` that is no file is given back to the overrides.
+    ``--resume`` takes an optional path, so argparse would take a following ``key=value`` as
+    that path: a bare ``--resume`` is moved to the end when the next word is no file but an
+    override. Options and overrides may come in any order.
     """
-    args = _parser(script, model, train).parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if train and "--resume" in argv:
+        i = argv.index("--resume")
+        after = argv[i + 1] if i + 1 < len(argv) else ""
+        if "=" in after and not Path(after).is_file():
+            argv.append(argv.pop(i))
+    args = _parser(script, model, train).parse_intermixed_args(argv)
     overrides = list(args.overrides)
-    swallowed = isinstance(getattr(args, "resume", None), str) and "=" in args.resume
-    if train and swallowed and not Path(args.resume).is_file():
-        overrides.insert(0, args.resume)
-        args.overrides.insert(0, args.resume)
-        args.resume = True
     if train and args.resume is not None:
         overrides.append(
             "trainer.resume=true" if args.resume is True else f"trainer.resume_from={args.resume}"

@@ -82,8 +82,15 @@ def test_a_run_that_fails_on_a_missing_dataset_leaves_no_folder(tmp_path, capsys
 
 
 def test_resume_does_not_swallow_the_next_override():
-    args, overrides = parse_args("train_x.py", "thindyunet", True, ["--resume", "trainer.epochs=5"])
-    assert "trainer.epochs=5" in overrides and "trainer.resume=true" in overrides
+    argv = ["--resume", "trainer.epochs=5", "trainer.lr=1e-3", "--demo", "dataset.seed=1"]
+    args, overrides = parse_args("train_x.py", "thindyunet", True, argv)
+    assert args.demo and args.resume is True
+    assert overrides == [
+        "trainer.epochs=5",
+        "trainer.lr=1e-3",
+        "dataset.seed=1",
+        "trainer.resume=true",
+    ]
     assert not any(o.startswith("trainer.resume_from") for o in overrides)
     _, overrides = parse_args("train_x.py", "thindyunet", True, ["--resume", "r/last.pt"])
     assert overrides == ["trainer.resume_from=r/last.pt"]
