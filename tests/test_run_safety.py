@@ -193,7 +193,7 @@ def test_a_second_training_into_a_live_runs_folder_is_refused(tiny_root, tmp_pat
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert lock.read_text().split()[0] == str(first.pid)
-    for extra in ([], ["--resume"], ["trainer.overwrite=true"]):
+    for extra in ([], ["trainer.overwrite=true"]):
         second = run("train_thindyunet.py", *args, *extra)
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"'{tmp_path / 'run'}'" in second.stderr and f"process {first.pid}" in second.stderr
@@ -219,16 +219,10 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_message(tiny_root, tm
 
 
 @pytest.mark.slow
-def test_resume_applies_a_changed_lr_extends_a_finished_run_and_refuses_best(
-    tiny_root, tmp_path, caplog
-):
+def test_resume_applies_a_changed_lr_and_extends_a_finished_run(tiny_root, tmp_path, caplog):
     args = tiny_args(tiny_root, tmp_path, "trainer.epochs=1", "trainer.lr=1e-3")
     assert run("train_thindyunet.py", *args).returncode == 0
     run_dir = tmp_path / "run"
-
-    best = run("train_thindyunet.py", *args, "--resume", str(run_dir / "best.pt"))
-    assert best.returncode == 2 and "best.pt' holds only weights" in best.stderr
-
     done = run("train_thindyunet.py", *args, "--resume")  # finished: say how to go on
     assert done.returncode == 0 and "trainer.epochs=" in done.stderr, done.stderr[-2000:]
 
