@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.reference_dasnet import reference_from
 from engine.cpu import keep_freed_memory
+from engine.setup import autocast
 from models import (
     BASELINES,
     MODEL_NAMES,
@@ -84,13 +85,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
-
-
-def autocast(args: argparse.Namespace, device: torch.device) -> contextlib.AbstractContextManager:
-    if args.amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def gflops(model: nn.Module, x: Tensor) -> float:
@@ -151,7 +145,7 @@ def make_train_step(
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(args, device):
+        with autocast(args.amp or "off", device):
             out = model(x)
         if deep:
             main, aux = out
@@ -244,7 +238,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     if reference is not None:
         x_ref = x.contiguous()  # the straightforward path stays NCHW
         forward["reference"] = lambda: reference(x_ref)
-    with torch.no_grad(), autocast(args, device):
+    with torch.no_grad(), autocast(args.amp or "off", device):
         if reference is not None and uses_workspace(fast, x):  # what it adds, in the same run
             no_ws = inference_model(model, args, workspace=False)
             forward["no_workspace"] = lambda: no_ws(x)

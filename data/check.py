@@ -4,7 +4,8 @@
 
 Masks are decoded (to count empty ones); images are checked from their header and end marker,
 or fully decoded with --decode-images. Exit status: 0 clean, 1 defects found, 2 not a dataset.
-Empty masks are counted but are no defect: many real frames show no UAV.
+Empty masks are counted but are no defect: many real frames show no UAV. A mask holding JPEG
+data is one: its compression noise becomes UAV pixels under the paper's > 0 rule.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .decode import MaskSizeError, check_sizes, decode_image, decode_mask, open_file, probe_file
+from .decode import (
+    MaskSizeError,
+    check_sizes,
+    decode_image,
+    decode_mask,
+    is_jpeg_mask,
+    open_file,
+    probe_file,
+)
 from .index import scan_split
 from .layout import MODALITIES, SPLITS, DatasetError, find_layout
 
@@ -30,8 +39,15 @@ COLUMNS = (
     "empty_masks",
     "unreadable",
     "size_mismatch",
+    "jpeg_masks",
 )
-DEFECT_COLUMNS = ("frames_without_mask", "masks_without_frame", "unreadable", "size_mismatch")
+DEFECT_COLUMNS = (
+    "frames_without_mask",
+    "masks_without_frame",
+    "unreadable",
+    "size_mismatch",
+    "jpeg_masks",
+)
 
 
 @dataclass
@@ -56,6 +72,8 @@ def inspect(image_path: str | None, mask_path: str | None, decode: bool) -> tupl
                 if image_path:
                     check_sizes(image_path, mask_path, size, mk.size)
                 empty = not decode_mask(mk, mask_path).any()
+                if is_jpeg_mask(mk):
+                    return "jpeg_masks", f"mask holds JPEG data (lossy): '{mask_path}'", empty
         return "", "", empty
     except MaskSizeError as exc:
         return "size_mismatch", str(exc), False

@@ -4,10 +4,18 @@ JPEG frames are decoded with Pillow's draft mode (libjpeg DCT scaling): a 1920x1
 at 512x512 is decoded at 960x540, a quarter of the pixels, before the bilinear resize.
 Masks: any non-zero pixel is UAV; they are resized bilinear then thresholded at > 0 (the
 paper's choice, which slightly grows small targets) or nearest.
+
+16-bit frames (thermal cameras' I;16 PNG/TIFF) are scaled by their own range, min to 0 and max to
+255: what a thermal camera's automatic gain control does to make the 8-bit infrared frames the
+models are trained on. Raw sensor counts fill a narrow band of the 16-bit range (a 14-bit core,
+a scene a few degrees wide), so full-range scaling would give a nearly uniform dark frame.
+Frames are returned as displayed: the EXIF orientation of phone and camera JPEGs is applied,
+and sizes are compared as displayed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -17,10 +25,32 @@ from PIL import Image
 
 from .layout import DatasetError
 
+logger = logging.getLogger(__name__)
+
 MASK_RESIZES: tuple[str, ...] = ("bilinear", "nearest")
+IMAGE_CHANNELS = 3  # decode_image gives RGB, infrared frames included
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _ALPHA_MODES = ("LA", "PA", "RGBA")
 _TRAILERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
+_ORIENTATION = 0x0112  # EXIF tag
+# EXIF orientation -> the transpose that shows the frame as the camera meant it
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
+_warned_jpeg_mask = False
 
 
 class MaskSizeError(DatasetError):
@@ -33,6 +63,26 @@ def open_file(path: str, what: str) -> Image.Image:
         return Image.open(path)
     except _READ_ERRORS as exc:
         raise DatasetError(f"unreadable {what} file '{path}': {exc}") from exc
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened file (1, as stored, when it has none)."""
+    try:
+        value = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: show the frame as stored
+        return 1
+    return value if value in _TRANSPOSES else 1
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as the frame is shown: swapped when EXIF says it is rotated by 90."""
+    return im.size[::-1] if orientation(im) in (5, 6, 7, 8) else im.size
+
+
+def is_jpeg_mask(im: Image.Image) -> bool:
+    """A mask holding JPEG data: its compression noise around edges is non-zero, so the paper's
+    > 0 rule turns it into UAV pixels (masks 3-4x too large)."""
+    return im.format == "JPEG"
 
 
 def _has_trailer(path: str, fmt: str | None) -> bool:
@@ -58,7 +108,7 @@ def probe_file(path: str, what: str) -> tuple[int, int]:
             raise DatasetError(f"unreadable {what} file '{path}': {exc}") from exc
         if not complete:
             raise DatasetError(f"truncated {what} file '{path}' (no end marker)")
-        return im.size
+        return displayed_size(im)
 
 
 def probe_pair(image_path: str, mask_path: str) -> tuple[int, int]:
@@ -73,21 +123,37 @@ def check_sizes(image_path: str, mask_path: str, image_size: tuple, mask_size: t
     if image_size != mask_size:
         raise MaskSizeError(
             f"mask '{mask_path}' is {mask_size[0]}x{mask_size[1]} but its image "
-            f"'{image_path}' is {image_size[0]}x{image_size[1]}"
+            f"'{image_path}' is {image_size[0]}x{image_size[1]} (as displayed, after its EXIF "
+            f"rotation if any)"
         )
 
 
+def _to_8bit(im: Image.Image) -> np.ndarray:
+    """A 16-bit (or 32-bit) single-channel frame as HxWx3 uint8, scaled by its own range."""
+    values = np.asarray(im, dtype=np.float64)
+    low, high = values.min(), values.max()
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return np.repeat(np.rint(scaled).astype(np.uint8)[..., None], 3, axis=-1)
+
+
 def decode_image(im: Image.Image, path: str, size: tuple[int, int] | None) -> torch.Tensor:
-    """An opened frame as a 3xHxW uint8 tensor at ``size`` (height, width), or as stored.
+    """An opened frame as a 3xHxW uint8 tensor at ``size`` (height, width), or as displayed.
 
     Draft mode picks the strongest JPEG DCT reduction (1/2, 1/4 or 1/8) whose result still
     covers ``size``; the rest is an antialiased bilinear resize (torch's uint8 kernel: a few
-    times faster than Pillow's, and equal to it within one grey level).
+    times faster than Pillow's, and equal to it within one grey level). 16-bit frames are
+    scaled by their own range and EXIF rotations applied (see the module docstring).
     """
     try:
+        turn = _TRANSPOSES.get(orientation(im))
         if size is not None:
-            im.draft("RGB", (size[1], size[0]))
-        pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))
+            stored = (size[0], size[1]) if turn in _SWAPS else (size[1], size[0])
+            im.draft("RGB", stored)
+        if im.mode in _WIDE_MODES:
+            pixels = _to_8bit(im.transpose(turn) if turn is not None else im)
+        else:
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            pixels = np.array(rgb.transpose(turn) if turn is not None else rgb)
     except _READ_ERRORS as exc:
         raise DatasetError(f"unreadable image file '{path}': {exc}") from exc
     image = torch.from_numpy(pixels).permute(2, 0, 1)
@@ -172,6 +238,14 @@ def decode_mask(
     Only the UAV's bounding box is converted (masks are mostly background), so a 1920x1080
     mask costs about its PNG decode; see ``resize_bits`` for the resize.
     """
+    global _warned_jpeg_mask
+    if is_jpeg_mask(im) and not _warned_jpeg_mask:
+        _warned_jpeg_mask = True
+        logger.warning(
+            "mask '%s' holds JPEG data: its compression noise counts as UAV under the > 0 rule, "
+            "inflating the mask; save masks as PNG (python -m data check lists every such file)",
+            path,
+        )
     try:
         im.load()
         if im.mode in _ALPHA_MODES:  # rare: find the UAV pixels the slow way
@@ -202,5 +276,5 @@ def read_pair(
     Sizes are compared from the headers before anything is decoded.
     """
     with open_file(image_path, "image") as im, open_file(mask_path, "mask") as mk:
-        check_sizes(image_path, mask_path, im.size, mk.size)
+        check_sizes(image_path, mask_path, displayed_size(im), mk.size)
         return decode_image(im, image_path, size), decode_mask(mk, mask_path, size, mask_resize)

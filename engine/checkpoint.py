@@ -23,6 +23,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model; names the file."""
 
 
+class WriteError(RuntimeError):
+    """A file or folder that cannot be written (no permission, full disk); names the path."""
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail before the work when ``folder`` (or, if missing, the folder that would hold it)
+    cannot be written; nothing is created."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write to '{folder}': '{existing}' is not a writable folder")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -30,19 +43,27 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, sync it, then rename it to ``path``."""
+    """Call ``write`` on a temporary file beside ``path``, sync it, then rename it to ``path``.
+
+    An OSError (no permission, full disk) becomes a WriteError naming ``path``; the previous
+    file, if any, is left as it was and no temporary file stays behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; ours are not secret
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write '{path}': {exc.strerror or exc}") from None
         raise
     return path
 

@@ -11,18 +11,22 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from data import DatasetError
 from models import PretrainedWeightsError
 
 from . import distributed as dist
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, WriteError
 from .config import ConfigError, load_config
+from .runfolder import RunFolderError
 
 EXPECTED_ERRORS = (
     ConfigError,
     DatasetError,
     CheckpointError,
+    WriteError,
+    RunFolderError,
     PretrainedWeightsError,
     FileNotFoundError,
     PermissionError,
@@ -58,6 +62,32 @@ def _parser(script: str, model: str, train: bool) -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(
+    script: str, model: str, train: bool, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed arguments and the config overrides they amount to.
+
+    ``--resume`` takes an optional path, so argparse would take a following ``key=value`` as
+    that path: a bare ``--resume`` is moved to the end when the next word is no file but an
+    override. Options and overrides may come in any order.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if train and "--resume" in argv:
+        i = argv.index("--resume")
+        after = argv[i + 1] if i + 1 < len(argv) else ""
+        if "=" in after and not Path(after).is_file():
+            argv.append(argv.pop(i))
+    args = _parser(script, model, train).parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    if train and args.resume is not None:
+        overrides.append(
+            "trainer.resume=true" if args.resume is True else f"trainer.resume_from={args.resume}"
+        )
+    if not train and args.checkpoint:
+        overrides.append(f"test.checkpoint={args.checkpoint}")
+    return args, overrides
+
+
 def _setup_logging() -> None:
     level = logging.INFO if dist.rank() == 0 else logging.WARNING
     logging.basicConfig(
@@ -68,18 +98,11 @@ def _setup_logging() -> None:
 def run_script(model: str, train: bool, argv: Sequence[str] | None = None) -> int:
     """Entry point of train_<model>.py (train=True) and test_<model>.py; returns the exit code."""
     from .evaluate import format_results, test
-    from .train import Interrupted, RunFolderError, TrainingError
+    from .train import Interrupted, TrainingError
     from .train import train as train_run
 
     script = f"{'train' if train else 'test'}_{model}.py"
-    args = _parser(script, model, train).parse_args(argv)
-    overrides = list(args.overrides)
-    if train and args.resume is not None:
-        overrides.append(
-            "trainer.resume=true" if args.resume is True else f"trainer.resume_from={args.resume}"
-        )
-    if not train and args.checkpoint:
-        overrides.append(f"test.checkpoint={args.checkpoint}")
+    args, overrides = parse_args(script, model, train, argv)
     _setup_logging()
     train_command = (
         f"python train_{model}.py"
@@ -103,8 +126,11 @@ def run_script(model: str, train: bool, argv: Sequence[str] | None = None) -> in
     except Interrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
-    except (*EXPECTED_ERRORS, RunFolderError, TrainingError) as exc:
+    except (*EXPECTED_ERRORS, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, testing)
+        print(f"interrupted: {script} stopped by Ctrl-C; nothing was written", file=sys.stderr)
+        return 130
     finally:
         dist.cleanup()

@@ -8,6 +8,7 @@ checks every merge against the schema, so a misspelled key or a wrong type is re
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -120,7 +121,6 @@ class TrainerConfig:
     overwrite: bool = False
     non_finite: NonFinite = NonFinite.stop
     max_steps_per_epoch: int | None = None
-    log_every: int = 10
 
 
 @dataclass
@@ -247,6 +247,15 @@ def validate(cfg: DictConfig) -> None:
     need(0.0 < t.threshold < 1.0, "trainer.threshold", "must lie strictly between 0 and 1")
     need(t.epochs >= 1, "trainer.epochs", "must be >= 1")
     need(t.lr > 0, "trainer.lr", "must be > 0")
+    need(t.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")
+    need(
+        t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+        "trainer.max_steps_per_epoch",
+        "must be >= 1 or null (every batch)",
+    )
+    need(t.scheduler.patience >= 0, "trainer.scheduler.patience", "must be >= 0")
+    need(t.scheduler.cooldown >= 0, "trainer.scheduler.cooldown", "must be >= 0")
+    need(t.early_stopping.min_delta >= 0, "trainer.early_stopping.min_delta", "must be >= 0")
     need(t.aux_weight >= 0, "trainer.aux_weight", "must be >= 0")
     need(0 < t.scheduler.factor < 1, "trainer.scheduler.factor", "must lie between 0 and 1")
     need(t.early_stopping.patience >= 1, "trainer.early_stopping.patience", "must be >= 1")
@@ -257,13 +266,30 @@ def validate(cfg: DictConfig) -> None:
     )
     need(d.batch_size >= 1, "dataset.batch_size", "must be >= 1")
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+    need(d.prefetch_factor >= 1, "dataset.prefetch_factor", "must be >= 1")
+    m = cfg.model
+    need(m.in_channels >= 1, "model.in_channels", "must be >= 1")
+    need(m.classes >= 1, "model.classes", "must be >= 1")
+    need(m.stages is None or m.stages >= 1, "model.stages", "must be >= 1 or null (default)")
+    need(m.num_kernels is None or m.num_kernels >= 1, "model.num_kernels", "must be >= 1 or null")
+    need(
+        m.width is None or (m.width >= 8 and m.width % 8 == 0),
+        "model.width",
+        "must be a multiple of 8 (GroupNorm groups) or null",
+    )
     for key in ("dataset.max_samples", "dataset.val_max_samples", "dataset.test_max_samples"):
         value = OmegaConf.select(cfg, key)
         need(value is None or value >= 1, key, "must be a positive count or null (all)")
     need(cfg.test.batch_size >= 1, "test.batch_size", "must be >= 1")
     need(cfg.test.latency_runs >= 1, "test.latency_runs", "must be >= 1")
+    need(cfg.test.latency_warmup >= 0, "test.latency_warmup", "must be >= 0")
     need(
-        t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        len(cfg.test.latency_size) == 2 and min(cfg.test.latency_size) >= 1,
+        "test.latency_size",
+        "must be [height, width] with positive sides",
+    )
+    need(
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
         "trainer.device",
         "valid: auto, cpu, cuda, cuda:N, mps",
     )

@@ -31,22 +31,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: str) -> torch.device:
+def setup(device: torch.device) -> torch.device:
     """Join the process group when launched by torchrun; return this process's device.
 
-    ``device`` is the config's: auto picks cuda when present; under torchrun each process takes
+    ``device`` is the chosen one (engine.setup.pick_device); under torchrun each process takes
     the GPU of its LOCAL_RANK, and the backend is nccl on GPUs, gloo on CPUs.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if device.startswith("cuda") and launched:
+    if device.type == "cuda" and launched:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        device = torch.device("cuda", local)
     if launched and not is_distributed():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return torch.device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def cleanup() -> None:

@@ -8,8 +8,6 @@ from data loading, the parameter count; written to results/<model>.json.
 from __future__ import annotations
 
 import logging
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -21,29 +19,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import MODALITIES
-from models import VARIANTS, count_parameters, optimize_for_inference
+from models import count_parameters, optimize_for_inference
 
 from . import distributed as dist
-from .checkpoint import atomic_write_json, load_checkpoint, load_weights
-from .config import ConfigError, model_overrides
+from .checkpoint import atomic_write_json, check_writable, load_checkpoint, load_weights
+from .config import model_overrides
+from .latency import measure_latency
+from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import main_logits
 from .metrics import METRICS, DiceTotals, MetricTotals
+from .setup import build, setup_device
 
 logger = logging.getLogger(__name__)
-
-
-def check_image_size(cfg: DictConfig) -> None:
-    """Dynamic models need sides that are multiples of 2**stages (128 for the paper's 7)."""
-    if cfg.model.name not in VARIANTS:
-        return
-    multiple = 2 ** (cfg.model.stages or 7)
-    for key in ("dataset.image_size", "test.latency_size"):
-        size = list(OmegaConf.select(cfg, key))
-        if any(side % multiple for side in size):
-            raise ConfigError(
-                f"config key '{key}' = {size}: {cfg.model.name} needs sides that are multiples "
-                f"of {multiple} (2**stages), e.g. [{multiple * 4}, {multiple * 4}]"
-            )
 
 
 @torch.inference_mode()
@@ -81,61 +68,6 @@ def validate(
     return {"loss": dice.loss(), **metrics.overall()}
 
 
-def measure_latency(
-    model: nn.Module,
-    size: tuple[int, int],
-    device: torch.device,
-    warmup: int = 10,
-    runs: int = 50,
-    channels_last: bool = False,
-    in_channels: int = 3,
-) -> dict[str, Any]:
-    """Forward time at batch 1 (FP32, eval), apart from data loading: median of ``runs``.
-
-    On CUDA each run is timed with events after a synchronise, so queued work is not missed.
-    """
-    model.eval()
-    x = torch.rand(1, in_channels, *size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(runs):
-            if device.type == "cuda":
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                torch.cuda.synchronize(device)
-                start.record()
-                model(x)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1000)
-    ms = statistics.median(times)
-    return {
-        "ms": ms,
-        "fps": 1000.0 / ms,
-        "runs": runs,
-        "size": list(size),
-        "device": device_name(device),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def device_name(device: torch.device) -> str:
-    """A readable device description for results (GPU model or CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def checkpoint_path(cfg: DictConfig) -> Path:
     return Path(cfg.test.checkpoint or Path(cfg.output.run_dir) / "best.pt")
 
@@ -145,22 +77,24 @@ def results_path(cfg: DictConfig) -> Path:
 
 
 def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
-    """Evaluate the checkpoint on the test split; write and return the results."""
-    from .loaders import ensure_demo_data, make_dataset, make_loader
-    from .train import build, setup_device
+    """Evaluate the checkpoint on the test split; write and return the results.
 
+    Everything that can be checked before the first test image is: the device, the model keys
+    and sizes, the checkpoint, the results folder, the data.
+    """
     device = setup_device(cfg)
-    check_image_size(cfg)
+    model = build(cfg, device)
     ckpt_path = checkpoint_path(cfg)
     ckpt = load_checkpoint(ckpt_path, device, train_hint=command)
+    load_weights(model, ckpt, ckpt_path, cfg.model.name)
     out = results_path(cfg)
+    if dist.is_main():
+        check_writable(out.parent)
     ensure_demo_data(cfg)
     test_set = make_dataset(cfg, "test")
     loader = make_loader(cfg, test_set, False, cfg.test.batch_size, device)
     logger.info("test: %s", test_set)
 
-    model = build(cfg, device)
-    load_weights(model, ckpt, ckpt_path, cfg.model.name)
     params = count_parameters(model)
     model = model.eval()
     if cfg.test.optimize:

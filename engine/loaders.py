@@ -10,8 +10,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import UAVSegDataset, generate_demo_dataset
+from data.decode import IMAGE_CHANNELS
 
 from . import distributed as dist
+from .config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,11 @@ def ensure_demo_data(cfg: DictConfig) -> None:
 def make_dataset(cfg: DictConfig, split: str) -> UAVSegDataset:
     """One split as the config describes it (size, modality, subset, mask resize)."""
     d = cfg.dataset
+    if cfg.model.in_channels != IMAGE_CHANNELS:
+        raise ConfigError(
+            f"config key 'model.in_channels' = {cfg.model.in_channels}: the dataset's frames are "
+            f"read as {IMAGE_CHANNELS}-channel RGB (infrared ones too)"
+        )
     return UAVSegDataset(
         d.root,
         split,

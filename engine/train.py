@@ -12,12 +12,10 @@ import csv
 import io
 import logging
 import math
-import os
 import random
-import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +26,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import build_model, count_parameters, to_channels_last
+from models import count_parameters
 
 from . import distributed as dist
 from .checkpoint import (
+    CheckpointError,
     atomic_write_text,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
-from .config import model_overrides, to_yaml
-from .cpu import keep_freed_memory
-from .evaluate import check_image_size, validate
+from .config import to_yaml
+from .evaluate import validate
 from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import SegmentationLoss
+from .runfolder import RunFolder, RunFolderError
+from .setup import autocast, build, saved_kwargs, seed_everything, setup_device
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ CSV_FIELDS = (
 )
 
 
-class RunFolderError(RuntimeError):
-    """The output folder holds another run, or cannot be written."""
+__all__ = ["Interrupted", "RunFolderError", "TrainingError", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -110,16 +109,6 @@ def make_early_stopping(cfg: DictConfig) -> EarlyStopping:
     return EarlyStopping(e.patience, e.min_delta)
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch (all devices); optionally deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def rng_state() -> dict[str, Any]:
     """All RNG states as tensors and plain values, so a checkpoint loads with weights_only."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -134,6 +123,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -161,71 +151,6 @@ class StopSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Create and check the run folder; refuse one holding a run unless resuming or overwriting."""
-    run_dir = Path(cfg.output.run_dir)
-    t = cfg.trainer
-    if dist.is_main():
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise RunFolderError(
-                f"output folder '{run_dir}' cannot be written ({exc.strerror}); set "
-                f"output.run_dir to a writable folder"
-            ) from None
-        held = [p for p in ("last.pt", "best.pt", "metrics.csv") if (run_dir / p).exists()]
-        if held and not (t.resume or t.resume_from) and not t.overwrite:
-            raise RunFolderError(
-                f"output folder '{run_dir}' already holds a run ({', '.join(held)}); continue it "
-                f"with trainer.resume=true (--resume), replace it with trainer.overwrite=true, or "
-                f"choose another output.run_dir"
-            )
-        if held and t.overwrite and not (t.resume or t.resume_from):
-            for name in ("last.pt", "best.pt", "metrics.csv", "config.yaml"):
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    dist.barrier()
-    return run_dir
-
-
-def setup_device(cfg: DictConfig) -> torch.device:
-    """This process's device (joining torchrun's group if launched by it); on the CPU, glibc is
-    told to keep freed memory unless ``trainer.keep_freed_memory`` is off."""
-    device = dist.setup(cfg.trainer.device)
-    if device.type == "cpu" and cfg.trainer.keep_freed_memory:
-        keep_freed_memory()
-    return device
-
-
-def build(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """The configured model on its device (channels_last if asked), seeded for its init."""
-    seed_everything(cfg.dataset.seed, cfg.trainer.deterministic)
-    model = build_model(cfg.model.name, **model_overrides(cfg)).to(device)
-    if cfg.trainer.channels_last:
-        model = to_channels_last(model)
-    return model
-
-
-def saved_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The model's build arguments as stored in checkpoints (never re-download encoder weights)."""
-    kwargs = model_overrides(cfg)
-    if "encoder_weights" in kwargs:
-        kwargs["encoder_weights"] = None
-    return kwargs
-
-
-def autocast(cfg: DictConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision as trainer.amp says (bf16, fp16 or off)."""
-    amp = cfg.trainer.amp.value
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def read_csv(path: Path, upto_epoch: int) -> list[dict[str, str]]:
@@ -283,7 +208,7 @@ def train_one_epoch(
             break
         images = batch["image"].to(device, non_blocking=True, memory_format=memory)
         masks = batch["mask"].to(device, non_blocking=True)
-        with autocast(cfg, device):
+        with autocast(t.amp.value, device):
             loss = criterion(model(images), masks)
         if not torch.isfinite(loss):
             if t.non_finite.value == "stop":
@@ -311,62 +236,153 @@ def train_one_epoch(
     return loss_sum, step, skipped
 
 
-def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
-    """Train the configured model; returns a summary (best epoch and loss, run folder, model)."""
-    device = setup_device(cfg)
+@dataclass
+class Learner:
+    """The model and everything its training updates: what ``last.pt`` holds besides progress."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+
+
+@dataclass
+class Progress:
+    """Where a run stands: ``epoch`` finished, ``step`` steps of the next done, the best so far."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    finished: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_learner(model: nn.Module, cfg: DictConfig, device: torch.device) -> Learner:
+    """AdamW, ReduceLROnPlateau, the fp16 grad scaler and early stopping, as configured."""
     t = cfg.trainer
-    check_image_size(cfg)
-    run_dir = prepare_run_dir(cfg)
-    ensure_demo_data(cfg)
-    train_set, val_set = make_dataset(cfg, "train"), make_dataset(cfg, "val")
-    batch = cfg.dataset.batch_size
-    train_loader = make_loader(cfg, train_set, True, batch, device)
-    val_loader = make_loader(cfg, val_set, False, batch, device)
-    logger.info("train: %s; val: %s", train_set, val_set)
-
-    model = build(cfg, device)
-    # Same initial weights everywhere; then a different random stream per process (augmentation,
-    # loader workers), as one process with a bigger batch would have.
-    seed_everything(cfg.dataset.seed + dist.rank(), cfg.trainer.deterministic)
-    logger.info("%s: %s parameters on %s", cfg.model.name, f"{count_parameters(model):,}", device)
-    criterion = SegmentationLoss(t.aux_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp.value == "fp16")
-    stopper = make_early_stopping(cfg)
-    best_loss, best_epoch, start_epoch, start_step, loss_sum = math.inf, 0, 1, 0, 0.0
-
-    last_path, best_path, csv_path = (
-        run_dir / "last.pt",
-        run_dir / "best.pt",
-        run_dir / "metrics.csv",
+    return Learner(
+        model,
+        optimizer,
+        make_scheduler(optimizer, cfg),
+        torch.amp.GradScaler(device.type, enabled=t.amp.value == "fp16"),
+        make_early_stopping(cfg),
     )
-    resume_path = Path(t.resume_from) if t.resume_from else (last_path if t.resume else None)
-    rows: list[dict[str, Any]] = []
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, device, train_hint=command)
-        load_weights(model, ckpt, resume_path, cfg.model.name)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        stopper.load_state_dict(ckpt["early_stopping"])
-        best_loss, best_epoch = ckpt["best_val_loss"], ckpt["best_epoch"]
-        set_rng_state(ckpt["rng"])
-        if ckpt["finished"]:
-            logger.info("run in %s already finished at epoch %d", run_dir, ckpt["epoch"])
-            return {
-                "run_dir": str(run_dir),
-                "best_epoch": best_epoch,
-                "best_val_loss": best_loss,
-                "epochs": ckpt["epoch"],
-                "resumed": True,
-            }
-        # ``epoch`` is the last finished epoch; ``step`` the steps done of the next one.
-        start_epoch, start_step, loss_sum = ckpt["epoch"] + 1, ckpt["step"], ckpt["loss_sum"]
-        rows = read_csv(csv_path, start_epoch - 1)
-        logger.info("resuming %s at epoch %d, step %d", resume_path, start_epoch, start_step)
 
-    core = model
+
+def checkpoint_state(
+    learner: Learner, progress: Progress, cfg: DictConfig, full: bool = True
+) -> dict[str, Any]:
+    """A checkpoint; ``full`` adds what resuming needs (best.pt is only the weights)."""
+    weights = {
+        "model_name": cfg.model.name,
+        "model_kwargs": saved_kwargs(cfg),
+        "model": learner.model.state_dict(),
+        "epoch": progress.epoch,
+        "best_val_loss": progress.best_loss,
+        "best_epoch": progress.best_epoch,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
+    if not full:
+        return weights
+    return {
+        **weights,
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict(),
+        "scaler": learner.scaler.state_dict(),
+        "early_stopping": learner.stopper.state_dict(),
+        "step": progress.step,
+        "loss_sum": progress.loss_sum,
+        "finished": progress.finished,
+        "rng": rng_state(),
+    }
+
+
+def resume(
+    learner: Learner, path: Path, cfg: DictConfig, device: torch.device, command: str
+) -> Progress:
+    """Restore a run from its ``last.pt``: weights, optimizer, scheduler, RNG and progress."""
+    ckpt = load_checkpoint(path, device, train_hint=command)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds only weights (like every best.pt), not the training "
+            f"state a resume needs; resume from the run's last.pt: --resume without a path, or "
+            f"--resume <run folder>/last.pt"
+        )
+    load_weights(learner.model, ckpt, path, cfg.model.name)
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    learner.scheduler.load_state_dict(ckpt["scheduler"])
+    learner.scaler.load_state_dict(ckpt["scaler"])
+    learner.stopper.load_state_dict(ckpt["early_stopping"])
+    set_rng_state(ckpt["rng"])
+    apply_changed_settings(learner, ckpt.get("config") or {}, cfg)
+    progress = Progress(
+        ckpt["epoch"],
+        ckpt["step"],
+        ckpt["loss_sum"],
+        ckpt["best_val_loss"],
+        ckpt["best_epoch"],
+        ckpt["finished"],
+    )
+    progress.rows = read_csv(Path(cfg.output.run_dir) / "metrics.csv", progress.epoch)
+    return progress
+
+
+def apply_changed_settings(learner: Learner, saved: dict[str, Any], cfg: DictConfig) -> None:
+    """Settings that the restored optimizer and scheduler state would silently override:
+    where the config now differs from the checkpoint's, the new value is applied, and said.
+
+    A changed ``trainer.lr`` restarts the schedule's reductions from the new value.
+    """
+    t, old = cfg.trainer, saved.get("trainer") or {}
+    changes = []
+    for key in ("lr", "weight_decay"):
+        before, now = old.get(key), t[key]
+        if before is not None and before != now:
+            for group in learner.optimizer.param_groups:
+                group[key] = now
+            changes.append(f"trainer.{key} {before:g} -> {now:g}")
+    for key in ("factor", "patience", "cooldown"):
+        before, now = (old.get("scheduler") or {}).get(key), t.scheduler[key]
+        if before is not None and before != now:
+            setattr(learner.scheduler, key, now)
+            changes.append(f"trainer.scheduler.{key} {before:g} -> {now:g}")
+    if changes:
+        logger.warning(
+            "resuming with changed settings, applied to the restored optimizer and scheduler: %s",
+            "; ".join(changes),
+        )
+
+
+def can_extend(progress: Progress, learner: Learner, cfg: DictConfig, run_dir: Path) -> bool:
+    """A finished run resumed with more epochs (and patience left) goes on; else say how to."""
+    t, stopper = cfg.trainer, learner.stopper
+    if progress.epoch < t.epochs and stopper.bad_epochs < stopper.patience:
+        logger.info(
+            "extending the run in %s from epoch %d to %d", run_dir, progress.epoch, t.epochs
+        )
+        progress.finished = False
+        return True
+    how = f"trainer.epochs={progress.epoch + 10} (more than {progress.epoch})"
+    if stopper.bad_epochs >= stopper.patience:
+        how += (
+            f" and trainer.early_stopping.patience={stopper.bad_epochs + 5} (it stopped early "
+            f"after {stopper.bad_epochs} epochs without improvement)"
+        )
+    logger.warning(
+        "the run in %s already finished at epoch %d; to train it further, resume with %s",
+        run_dir,
+        progress.epoch,
+        how,
+    )
+    return False
+
+
+def wrap_for_training(model: nn.Module, cfg: DictConfig, device: torch.device) -> nn.Module:
+    """DistributedDataParallel under torchrun, then torch.compile if asked."""
     if dist.is_distributed():
         # PSPNet's smp encoder keeps resnet34 stages it never runs; DDP must be told.
         model = nn.parallel.DistributedDataParallel(
@@ -374,122 +390,186 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.model.name == "pspnet",
         )
-    if t.compile:
+    if cfg.trainer.compile:
         model = torch.compile(model)
+    return model
 
-    writer = None
-    if dist.is_main():
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(run_dir / "tb", purge_step=start_epoch)
+def record_epoch(
+    run_dir: Path,
+    writer: Any,
+    progress: Progress,
+    epoch: int,
+    train_loss: float,
+    val: dict[str, float],
+    lr: float,
+    seconds: float,
+    improved: bool,
+) -> None:
+    """One epoch into metrics.csv, TensorBoard and the log (main process only)."""
+    row = {
+        "epoch": epoch,
+        "train_loss": f"{train_loss:.6f}",
+        "val_loss": f"{val['loss']:.6f}",
+        "lr": f"{lr:.3g}",
+        "seconds": f"{seconds:.1f}",
+        **{k: f"{val[k]:.6f}" for k in ("precision", "recall", "dice", "miou")},
+    }
+    progress.rows.append(row)
+    write_csv(run_dir / "metrics.csv", progress.rows)
+    for key in ("train_loss", "val_loss", "precision", "recall", "dice", "miou", "lr"):
+        writer.add_scalar(key, float(row[key]), epoch)
+    writer.flush()
+    logger.info(
+        "epoch %d: train loss %.4f, val loss %.4f, mIoU %.4f, Dice %.4f%s",
+        epoch,
+        train_loss,
+        val["loss"],
+        val["miou"],
+        val["dice"],
+        " (best)" if improved else "",
+    )
 
-    def state(epoch: int, step: int, finished: bool, full: bool = True) -> dict[str, Any]:
-        """A checkpoint; ``full`` adds what resuming needs (best.pt is only the weights)."""
-        weights = {
-            "model_name": cfg.model.name,
-            "model_kwargs": saved_kwargs(cfg),
-            "model": core.state_dict(),
-            "epoch": epoch,
-            "best_val_loss": best_loss,
-            "best_epoch": best_epoch,
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        }
-        if not full:
-            return weights
-        return {
-            **weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "early_stopping": stopper.state_dict(),
-            "step": step,
-            "loss_sum": loss_sum,
-            "finished": finished,
-            "rng": rng_state(),
-        }
 
-    epoch, stopped_early = start_epoch - 1, False
-    with StopSignal() as stop:
-        for epoch in range(start_epoch, t.epochs + 1):
-            started = time.perf_counter()
-            train_loader.sampler.set_epoch(epoch)
-            loss_sum, steps, skipped = train_one_epoch(
-                model,
-                train_loader,
-                criterion,
-                optimizer,
-                scaler,
-                cfg,
-                device,
-                epoch,
-                stop,
-                start_step,
-                loss_sum if start_step else 0.0,
-            )
-            start_step = 0
-            if stop.received is not None:
-                # Mid-epoch: ``epoch - 1`` finished, ``steps`` of this one done.
-                if dist.is_main():
-                    save_checkpoint(last_path, state(epoch - 1, steps, False))
-                name = signal.Signals(stop.received).name
-                raise Interrupted(
-                    f"{name} received: stopped at epoch {epoch}, step {steps}; '{last_path}' "
-                    f"saved. Resume with: {command} trainer.resume=true".rstrip()
-                )
-            # Training loss: this process's mean, averaged over processes.
-            train_loss = dist.all_reduce_sum(
-                torch.tensor([loss_sum, steps - skipped], dtype=torch.float64, device=device)
-            )
-            train_loss = (train_loss[0] / train_loss[1].clamp_min(1)).item()
-            val = validate(model, val_loader, criterion, cfg, device)
-            val_loss = val["loss"]
-            scheduler.step(val_loss if math.isfinite(val_loss) else math.inf)
-            improved = math.isfinite(val_loss) and val_loss < best_loss
-            if improved:
-                best_loss, best_epoch = val_loss, epoch
-            stopped_early = stopper.step(val_loss if math.isfinite(val_loss) else math.inf)
-            finished = stopped_early or epoch == t.epochs
-            loss_sum = 0.0
-            if dist.is_main():
-                lr = optimizer.param_groups[0]["lr"]
-                row = {
-                    "epoch": epoch,
-                    "train_loss": f"{train_loss:.6f}",
-                    "val_loss": f"{val_loss:.6f}",
-                    "lr": f"{lr:.3g}",
-                    "seconds": f"{time.perf_counter() - started:.1f}",
-                    **{k: f"{val[k]:.6f}" for k in ("precision", "recall", "dice", "miou")},
-                }
-                rows.append(row)
-                write_csv(csv_path, rows)
-                for key in ("train_loss", "val_loss", "precision", "recall", "dice", "miou", "lr"):
-                    writer.add_scalar(key, float(row[key]), epoch)
-                writer.flush()
-                if improved:
-                    save_checkpoint(best_path, state(epoch, 0, finished, full=False))
-                save_checkpoint(last_path, state(epoch, 0, finished))
-                logger.info(
-                    "epoch %d: train loss %.4f, val loss %.4f, mIoU %.4f, Dice %.4f%s",
-                    epoch,
-                    train_loss,
-                    val_loss,
-                    val["miou"],
-                    val["dice"],
-                    " (best)" if improved else "",
-                )
-            if stopped_early:
-                logger.info("early stopping at epoch %d (best epoch %d)", epoch, best_epoch)
-                break
-    if writer is not None:
-        writer.close()
-    dist.barrier()
+def mean_train_loss(loss_sum: float, steps: int, device: torch.device) -> float:
+    """This process's mean training loss, averaged over processes."""
+    total = dist.all_reduce_sum(torch.tensor([loss_sum, steps], dtype=torch.float64, device=device))
+    return (total[0] / total[1].clamp_min(1)).item()
+
+
+def summary(run_dir: Path, progress: Progress, resumed: bool, **extra: Any) -> dict[str, Any]:
+    """What ``train`` returns (and the script prints)."""
     return {
         "run_dir": str(run_dir),
-        "best_epoch": best_epoch,
-        "best_val_loss": best_loss,
-        "epochs": epoch,
-        "stopped_early": stopped_early,
-        "resumed": resume_path is not None,
-        "model": core,
+        "best_epoch": progress.best_epoch,
+        "best_val_loss": progress.best_loss,
+        "epochs": progress.epoch,
+        "resumed": resumed,
+        **extra,
     }
+
+
+def open_writer(run_dir: Path, cfg: DictConfig, first_epoch: int) -> Any:
+    """Write config.yaml and open TensorBoard (main process only; None elsewhere)."""
+    if not dist.is_main():
+        return None
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(run_dir / "tb", purge_step=first_epoch)
+
+
+def interrupted(
+    signum: int, learner: Learner, progress: Progress, cfg: DictConfig, run_dir: Path, command: str
+) -> Interrupted:
+    """Save ``last.pt`` mid-epoch (``progress.step`` steps of the next epoch done) and say how
+    to resume."""
+    if dist.is_main():
+        save_checkpoint(run_dir / "last.pt", checkpoint_state(learner, progress, cfg))
+    return Interrupted(
+        f"{signal.Signals(signum).name} received: stopped at epoch {progress.epoch + 1}, step "
+        f"{progress.step}; '{run_dir / 'last.pt'}' saved. Resume with: {command} "
+        f"trainer.resume=true".strip()
+    )
+
+
+def end_epoch(
+    learner: Learner, progress: Progress, epoch: int, val_loss: float, cfg: DictConfig
+) -> tuple[bool, bool]:
+    """The scheduler, the best epoch and early stopping see the validation loss; (improved,
+    stop early)."""
+    val_loss = val_loss if math.isfinite(val_loss) else math.inf
+    learner.scheduler.step(val_loss)
+    improved = val_loss < progress.best_loss
+    if improved:
+        progress.best_loss, progress.best_epoch = val_loss, epoch
+    stop_early = learner.stopper.step(val_loss)
+    progress.epoch, progress.step, progress.loss_sum = epoch, 0, 0.0
+    progress.finished = stop_early or epoch == cfg.trainer.epochs
+    return improved, stop_early
+
+
+def save_epoch(
+    run_dir: Path, learner: Learner, progress: Progress, cfg: DictConfig, improved: bool
+) -> None:
+    """``best.pt`` (weights) when the validation loss improved, and ``last.pt`` (everything)."""
+    if improved:
+        save_checkpoint(run_dir / "best.pt", checkpoint_state(learner, progress, cfg, full=False))
+    save_checkpoint(run_dir / "last.pt", checkpoint_state(learner, progress, cfg))
+
+
+def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
+    """Train the configured model; returns a summary (best epoch and loss, run folder, model).
+
+    Everything that can fail on a setting or the data does so before the run folder is made.
+    """
+    t = cfg.trainer
+    device = setup_device(cfg)
+    model = build(cfg, device)
+    ensure_demo_data(cfg)
+    train_set, val_set = make_dataset(cfg, "train"), make_dataset(cfg, "val")
+    train_loader = make_loader(cfg, train_set, True, cfg.dataset.batch_size, device)
+    val_loader = make_loader(cfg, val_set, False, cfg.dataset.batch_size, device)
+    logger.info("train: %s; val: %s", train_set, val_set)
+    # Same initial weights everywhere; then a different random stream per process (augmentation,
+    # loader workers), as one process with a bigger batch would have.
+    seed_everything(cfg.dataset.seed + dist.rank(), t.deterministic)
+    logger.info("%s: %s parameters on %s", cfg.model.name, f"{count_parameters(model):,}", device)
+    criterion = SegmentationLoss(t.aux_weight)
+    learner = make_learner(model, cfg, device)
+
+    with RunFolder(cfg) as run_dir:
+        resume_path = Path(t.resume_from) if t.resume_from else None
+        if t.resume and resume_path is None:
+            resume_path = run_dir / "last.pt"
+        progress = Progress()
+        if resume_path is not None:
+            progress = resume(learner, resume_path, cfg, device, command)
+            if progress.finished and not can_extend(progress, learner, cfg, run_dir):
+                return summary(run_dir, progress, resumed=True)
+            logger.info("resuming %s at epoch %d", resume_path, progress.epoch + 1)
+        net = wrap_for_training(model, cfg, device)
+        writer = open_writer(run_dir, cfg, progress.epoch + 1)
+        stop_early = False
+        with (
+            StopSignal() as stop,
+            contextlib.closing(writer) if writer else contextlib.nullcontext(),
+        ):
+            for epoch in range(progress.epoch + 1, t.epochs + 1):
+                started = time.perf_counter()
+                train_loader.sampler.set_epoch(epoch)
+                loss_sum, steps, skipped = train_one_epoch(
+                    net,
+                    train_loader,
+                    criterion,
+                    learner.optimizer,
+                    learner.scaler,
+                    cfg,
+                    device,
+                    epoch,
+                    stop,
+                    progress.step,
+                    progress.loss_sum if progress.step else 0.0,
+                )
+                if stop.received is not None:
+                    progress.step, progress.loss_sum = steps, loss_sum
+                    raise interrupted(stop.received, learner, progress, cfg, run_dir, command)
+                train_loss = mean_train_loss(loss_sum, steps - skipped, device)
+                val = validate(net, val_loader, criterion, cfg, device)
+                improved, stop_early = end_epoch(learner, progress, epoch, val["loss"], cfg)
+                if dist.is_main():
+                    lr = learner.optimizer.param_groups[0]["lr"]
+                    seconds = time.perf_counter() - started
+                    record_epoch(
+                        run_dir, writer, progress, epoch, train_loss, val, lr, seconds, improved
+                    )
+                    save_epoch(run_dir, learner, progress, cfg, improved)
+                if stop_early:
+                    logger.info(
+                        "early stopping at epoch %d (best epoch %d)", epoch, progress.best_epoch
+                    )
+                    break
+    dist.barrier()
+    return summary(
+        run_dir, progress, resume_path is not None, stopped_early=stop_early, model=model
+    )

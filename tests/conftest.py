@@ -10,6 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A guard against a hung subprocess, not a performance bound: the longest script a test runs (8
+# demo epochs of DAS-Net, about 6 minutes on 2 idle cores) gets 10x that, so a loaded CI machine
+# is never mistaken for a failure.
+HANG_GUARD_S = 3600.0
+
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
@@ -30,7 +35,9 @@ def script_args(demo_root: Path, out: Path, *overrides: str) -> list[str]:
     ]
 
 
-def run(script: str, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+def run(
+    script: str, *args: str, timeout: float = HANG_GUARD_S, **kwargs
+) -> subprocess.CompletedProcess:
     """Run a top-level script of the repository in a subprocess, capturing its output."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],

@@ -3,7 +3,7 @@
 import pytest
 
 from engine.config import ConfigError, load_config, model_overrides, parse_overrides
-from engine.evaluate import check_image_size
+from engine.setup import check_image_size
 from models import MODEL_NAMES, build_model, count_parameters
 
 from .test_models import PAPER_PARAMS  # SPEC section 1
@@ -103,5 +103,6 @@ def test_a_config_for_another_model_is_refused(tmp_path):
 def test_dynamic_models_need_image_sides_multiple_of_128():
     cfg = load_config("dasnet", overrides=["dataset.image_size=[200,256]"])
     with pytest.raises(ConfigError, match=r"dataset\.image_size.*\[200, 256\].*multiples of 128"):
-        check_image_size(cfg)
-    check_image_size(load_config("unet", overrides=["dataset.image_size=[192,192]"]))
+        check_image_size(cfg, build_model("dasnet"))
+    unet = load_config("unet", overrides=["dataset.image_size=[192,192]"])
+    check_image_size(unet, build_model("unet", encoder_weights=None))

@@ -16,6 +16,8 @@ from data import UAVSegDataset, generate_demo_dataset
 from data.check import COLUMNS
 from data.synthetic import split_sequences
 
+from .conftest import HANG_GUARD_S
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"sequences": 3, "frames": 4, "size": 96}
 
@@ -30,7 +32,11 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
 
 

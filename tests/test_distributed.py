@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from .conftest import REPO, run, tiny_args
+from .conftest import HANG_GUARD_S, REPO, run, tiny_args
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,9 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
         "--nproc_per_node=2",
         *args,
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
 
 
 @pytest.mark.slow

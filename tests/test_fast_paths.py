@@ -4,7 +4,6 @@ the straightforward reference DAS-Net, and the benchmark that compares them."""
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 import os
 import shutil
@@ -18,13 +17,12 @@ import benchmark
 from benchmarks.reference_dasnet import map_dasnet_key, reference_from
 from engine.config import load_config
 from engine.cpu import keep_freed_memory
+from engine.train import train
 from models import BASELINES, MODEL_NAMES, build_model, optimize_for_inference, to_channels_last
 from models.banded import Workspace
 from models.dynamic_conv import METHODS, choose_method, dynamic_conv2d
 
 from .conftest import tiny_args
-
-train = importlib.import_module("engine.train").train
 
 
 def _build(name: str) -> torch.nn.Module:

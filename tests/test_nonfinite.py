@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
+import engine.train as train_module
 from engine.config import load_config
 from engine.losses import SegmentationLoss
 
 from .conftest import tiny_args
-
-train_module = importlib.import_module("engine.train")  # the module (engine.train: the function)
 
 
 class NanAtStep(SegmentationLoss):

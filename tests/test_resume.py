@@ -13,7 +13,7 @@ import torch
 
 from engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 
-from .conftest import REPO, run, tiny_args
+from .conftest import HANG_GUARD_S, REPO, run, tiny_args
 
 EPOCHS = ["trainer.epochs=3", "trainer.deterministic=true"]
 
@@ -32,7 +32,7 @@ def start(args):
     )
 
 
-def wait_for(path, proc, timeout=300):
+def wait_for(path, proc, timeout=HANG_GUARD_S):
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -87,7 +87,7 @@ def test_sigterm_finishes_the_step_writes_a_loadable_last_and_says_how_to_resume
     wait_for(tmp_path / "run" / "config.yaml", proc)  # written just before the first step
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode != 0
     assert "SIGTERM" in err and "trainer.resume=true" in err
     last = load_checkpoint(tmp_path / "run" / "last.pt")  # weights_only=True inside

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from data import DatasetError
-from engine.checkpoint import CheckpointError, load_model
+from engine.checkpoint import CheckpointError, WriteError, load_model
 from engine.config import ConfigError
-from models import VARIANTS, optimize_for_inference
+from engine.setup import pick_device as engine_pick_device
+from engine.setup import size_multiple
+from models import optimize_for_inference
 
 DEMO_RUNS = Path("runs/demo")
 DEMO_ROOT = Path("demo_data/uav")
@@ -34,6 +36,7 @@ EXPECTED_ERRORS = (
     CheckpointError,
     DatasetError,
     ConfigError,
+    WriteError,
     FileNotFoundError,
     PermissionError,
 )
@@ -49,6 +52,9 @@ def run_cli(body: Callable[[], int]) -> int:
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: stopped by Ctrl-C", file=sys.stderr)
+        return 130
 
 
 def demo_checkpoint(model: str) -> Path:
@@ -73,14 +79,8 @@ def checkpoint_for(model: str | None, checkpoint: str | None, demo: bool) -> Pat
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else Apple MPS, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+    """``auto``: CUDA when present, else Apple MPS, else CPU (engine.setup.pick_device)."""
+    return engine_pick_device(name, key="--device")
 
 
 def load_for_inference(
@@ -95,10 +95,10 @@ def load_for_inference(
     return (optimize_for_inference(net) if optimize else net), ckpt
 
 
-def input_size(ckpt: dict[str, Any], size: list[int] | None) -> tuple[int, int]:
-    """The (height, width) to feed the model: ``size`` or the size it was trained at.
+def input_size(ckpt: dict[str, Any], size: list[int] | None, model: nn.Module) -> tuple[int, int]:
+    """The (height, width) to feed ``model``: ``size`` or the size it was trained at.
 
-    Dynamic models halve the input 2**stages times (7: sides must be multiples of 128).
+    Sides must be multiples of the model's own multiple (engine.setup.size_multiple).
     """
     if size is None:
         size = ((ckpt.get("config") or {}).get("dataset") or {}).get("image_size")
@@ -107,12 +107,10 @@ def input_size(ckpt: dict[str, Any], size: list[int] | None) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise ToolError(f"--size {size}: give two positive sides, height and width")
     height, width = int(size[0]), int(size[1])
-    name = ckpt.get("model_name")
-    if name in VARIANTS:
-        multiple = 2 ** int((ckpt.get("model_kwargs") or {}).get("stages") or 7)
-        if height % multiple or width % multiple:
-            raise ToolError(
-                f"size {height}x{width}: {name} needs sides that are multiples of {multiple} "
-                f"(2**stages), e.g. --size {multiple * 4} {multiple * 4}"
-            )
+    multiple = size_multiple(model)
+    if height % multiple or width % multiple:
+        raise ToolError(
+            f"size {height}x{width}: {ckpt.get('model_name')} needs sides that are multiples of "
+            f"{multiple}, e.g. --size {multiple * 4} {multiple * 4}"
+        )
     return height, width

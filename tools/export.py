@@ -19,7 +19,6 @@ import copy
 import logging
 import os
 import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.evaluate import measure_latency
+from engine.checkpoint import check_writable
+from engine.latency import measure_latency, time_ms
 from engine.losses import main_logits
 from models import MODEL_NAMES, DyConv2d
 
@@ -160,14 +160,7 @@ def onnx_latency(
     """Median onnxruntime (CPU) time of one batch-1 inference, in ms."""
     sess = session(path)
     x = np.random.default_rng(0).random((1, in_channels, *size), dtype=np.float32)
-    for _ in range(warmup):
-        sess.run(None, {"image": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, {"image": x})
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return statistics.median(time_ms(lambda: sess.run(None, {"image": x}), warmup, runs))
 
 
 def export_checked(
@@ -246,9 +239,10 @@ def _run(args: argparse.Namespace) -> int:
     path = checkpoint_for(args.model, args.checkpoint, args.demo)
     plain, ckpt = load_for_inference(path, args.model, "cpu", optimize=False)
     name = ckpt["model_name"]
-    size = input_size(ckpt, args.size)
+    size = input_size(ckpt, args.size, plain)
     in_channels = int((ckpt.get("model_kwargs") or {}).get("in_channels", 3))
     out = Path(args.out or f"exports/{name}.onnx")
+    check_writable(out.parent)  # before the minutes of export and verification
     batches = check_batches(size, real_images(args.images), in_channels)
     model, optimized = _optimized(plain), True
     try:

@@ -227,7 +227,7 @@ def _grid(args: argparse.Namespace) -> int:
     for k, model in enumerate(args.models):
         path = checkpoint_for(model, args.checkpoints[k] if args.checkpoints else None, args.demo)
         net, ckpt = load_for_inference(path, model)
-        columns.append((model, net, input_size(ckpt, None)))
+        columns.append((model, net, input_size(ckpt, None, net)))
         if root is None:
             root = (
                 DEMO_ROOT

@@ -306,7 +306,7 @@ def _run(args: argparse.Namespace) -> int:
     path = checkpoint_for(args.model, args.checkpoint, args.demo)
     device = pick_device(args.device)
     model, ckpt = load_for_inference(path, args.model, device)
-    size = input_size(ckpt, args.size)
+    size = input_size(ckpt, args.size, model)
     predictor = Predictor(model, size, device, args.threshold)
     out = Path(args.out)
     logger.info("%s from %s at %dx%d on %s", ckpt["model_name"], path, *size, device)
