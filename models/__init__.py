@@ -1,4 +1,4 @@
-"""The seven networks of the DAS-Net paper behind one factory, ``build_model``."""
+"""The eight networks of the DAS-Net paper behind one factory, ``build_model``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "unet",
     "pan",
     "pspnet",
+    "mobileunet",
 )
 
 # What a user may override per family (the switches are what makes a variant, so they are fixed).
