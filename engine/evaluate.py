@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import MODALITIES
-from models import VARIANTS, count_parameters, optimize_for_inference
+from models import VARIANTS, count_parameters, optimize_for_inference, to_channels_last
 
 from . import distributed as dist
-from .checkpoint import atomic_write_json, load_checkpoint, load_weights
+from .checkpoint import atomic_write_json, load_model
 from .config import ConfigError, model_overrides
 from .losses import main_logits
 from .metrics import METRICS, DiceTotals, MetricTotals
@@ -147,20 +147,22 @@ def results_path(cfg: DictConfig) -> Path:
 def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; write and return the results."""
     from .loaders import ensure_demo_data, make_dataset, make_loader
-    from .train import build, setup_device
+    from .train import setup_device
 
     device = setup_device(cfg)
     check_image_size(cfg)
     ckpt_path = checkpoint_path(cfg)
-    ckpt = load_checkpoint(ckpt_path, device, train_hint=command)
+    # the checkpoint's own model (this project's or the authors' format, any width)
+    model, ckpt = load_model(ckpt_path, device, cfg.model.name, train_hint=command)
     out = results_path(cfg)
     ensure_demo_data(cfg)
     test_set = make_dataset(cfg, "test")
     loader = make_loader(cfg, test_set, False, cfg.test.batch_size, device)
     logger.info("test: %s", test_set)
 
-    model = build(cfg, device)
-    load_weights(model, ckpt, ckpt_path, cfg.model.name)
+    model = model.to(device)
+    if cfg.trainer.channels_last:
+        model = to_channels_last(model)
     params = count_parameters(model)
     model = model.eval()
     if cfg.test.optimize:
@@ -182,7 +184,7 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
         "throughput_images_per_s": throughput,
         "processes": dist.world_size(),
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model_kwargs": model_overrides(cfg),
+        "model_kwargs": ckpt.get("model_kwargs") or model_overrides(cfg),
     }
     if cfg.test.latency and dist.is_main():
         results["latency"] = measure_latency(
