@@ -172,3 +172,23 @@ def test_a_dynamic_file_asked_for_as_another_model_is_refused(tmp_path: Path) ->
     torch.save(theirs, path)
     with pytest.raises(CheckpointError, match="holds the authors' thindyunet, not dasnet"):
         load_model(path, name="dasnet")
+
+
+def test_a_test_script_evaluates_an_authors_checkpoint(tiny_root: Path, tmp_path: Path) -> None:
+    """``test_dasnet.py --checkpoint THEIRS``: the model is built at the file's width and depth,
+    whatever the config says."""
+    import json
+
+    from engine import run_script
+
+    from .conftest import tiny_args
+
+    ours = perturbed("dasnet", width=8, stages=3)
+    path = tmp_path / "theirs.pt"
+    torch.save({"epoch": 5, "model_state_dict": to_authors(ours.state_dict(), "dasnet", 3)}, path)
+    assert (
+        run_script("dasnet", False, [*tiny_args(tiny_root, tmp_path), f"--checkpoint={path}"]) == 0
+    )
+    result = json.loads((tmp_path / "results" / "dasnet.json").read_text())
+    assert result["params"] == sum(p.numel() for p in ours.parameters())
+    assert result["model_kwargs"]["width"] == 8 and result["checkpoint_epoch"] == 5
