@@ -24,7 +24,7 @@ from data import MODALITIES
 from models import VARIANTS, count_parameters, optimize_for_inference, to_channels_last
 
 from . import distributed as dist
-from .checkpoint import atomic_write_json, load_model
+from .checkpoint import atomic_write_json, load_model, load_weights
 from .config import ConfigError, model_overrides
 from .losses import main_logits
 from .metrics import METRICS, DiceTotals, MetricTotals
@@ -147,22 +147,26 @@ def results_path(cfg: DictConfig) -> Path:
 def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Evaluate the checkpoint on the test split; write and return the results."""
     from .loaders import ensure_demo_data, make_dataset, make_loader
-    from .train import setup_device
+    from .train import build, setup_device
 
     device = setup_device(cfg)
     check_image_size(cfg)
     ckpt_path = checkpoint_path(cfg)
-    # the checkpoint's own model (this project's or the authors' format, any width)
+    # this project's checkpoint or the authors' (models/authors.py: built at the file's width)
     model, ckpt = load_model(ckpt_path, device, cfg.model.name, train_hint=command)
+    authors = ckpt.get("source") == "authors"
     out = results_path(cfg)
     ensure_demo_data(cfg)
     test_set = make_dataset(cfg, "test")
     loader = make_loader(cfg, test_set, False, cfg.test.batch_size, device)
     logger.info("test: %s", test_set)
 
-    model = model.to(device)
-    if cfg.trainer.channels_last:
-        model = to_channels_last(model)
+    if authors:
+        model = model.to(device)
+        model = to_channels_last(model) if cfg.trainer.channels_last else model
+    else:  # ours: the configured model must fit the checkpoint (a mismatch names the tensor)
+        model = build(cfg, device)
+        load_weights(model, ckpt, ckpt_path, cfg.model.name)
     params = count_parameters(model)
     model = model.eval()
     if cfg.test.optimize:
@@ -184,7 +188,7 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
         "throughput_images_per_s": throughput,
         "processes": dist.world_size(),
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model_kwargs": ckpt.get("model_kwargs") or model_overrides(cfg),
+        "model_kwargs": ckpt["model_kwargs"] if authors else model_overrides(cfg),
     }
     if cfg.test.latency and dist.is_main():
         results["latency"] = measure_latency(
