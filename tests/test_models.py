@@ -270,3 +270,13 @@ def test_failed_weight_download_names_the_setting(monkeypatch: pytest.MonkeyPatc
 def test_bad_encoder_weights_value_is_refused() -> None:
     with pytest.raises(ValueError, match="'ssl'.*imagenet"):
         build_model("pan", encoder_weights="ssl")
+
+
+def test_python_m_models_lists_the_eight_measured_beside_the_authors_table() -> None:
+    from models.__main__ import parameter_table
+
+    table = parameter_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(MODEL_NAMES)
+    assert all(" | yes | " in row for row in rows)
+    assert "| mobileunet | 6,628,945 (6.63 M) | 6,628,945 | yes | 6.0 M |" in table
