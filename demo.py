@@ -9,8 +9,9 @@ figures in results/demo/figures: the training curves, a grid of test predictions
 mIoU trade-off against size and speed (the authors' final table drawn hollow).
 
 The tour trains each model for --epochs (3: about 15 minutes for the first seven on 2 CPU cores;
-MobileUNet, lighter than UNet, adds less than UNet does), fewer than a single model's demo run (``python train_dasnet.py --demo``: 8 epochs, DAS-Net's test mIoU
-above 0.5), so its table shows the models early in training.
+MobileUNet, lighter than UNet, adds less than UNet does), fewer than a single model's demo run
+(``python train_dasnet.py --demo``: 8 epochs, DAS-Net's test mIoU above 0.5), so its table shows
+the models early in training.
 """
 
 from __future__ import annotations
