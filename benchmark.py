@@ -1,4 +1,4 @@
-"""Speed of the seven models: parameters, FLOPs, batch-1 latency, training throughput, memory.
+"""Speed of the eight models: parameters, FLOPs, batch-1 latency, training throughput, memory.
 
     python benchmark.py [--models dasnet unet ...] [--device cpu|cuda] [--threads 2]
                         [--size 512] [--train-batch 4 --train-size 256] [--repeats N]

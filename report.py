@@ -2,6 +2,10 @@
 
 python report.py [--results results] [--out report.md]
 python report.py --demo             # the demo's results (results/demo)
+python report.py --reference final  # beside the authors' final version (eight models, 3 seeds)
+
+Where run_seeds.py has written <results>/seeds.md, our rows are the means (± std) of the
+results files of every seed in <results>/seeds/ (``--single-run`` reads <results>/*.json).
 """
 
 from __future__ import annotations
@@ -13,62 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import atomic_write_text
+from models.published import FINAL_STATS, FIRST_VERSION, LABELS, REFERENCE_NOTES, REFERENCES
 
-# SPEC section 7: the paper's table (first version) in its row order.
-PAPER: dict[str, dict[str, float]] = {
-    "thindyunet": dict(
-        params=1.34, precision=0.9597, recall=0.5937, dice=0.6407, miou=0.5731, ms=8.72, fps=114.7
-    ),
-    "pspnet": dict(
-        params=21.4, precision=0.8553, recall=0.6686, dice=0.6768, miou=0.6094, ms=13.80, fps=72.5
-    ),
-    "pan": dict(
-        params=21.4, precision=0.9055, recall=0.7047, dice=0.7045, miou=0.6438, ms=14.77, fps=67.7
-    ),
-    "deepsupdyunet": dict(
-        params=1.34, precision=0.9364, recall=0.6838, dice=0.7084, miou=0.6485, ms=8.67, fps=115.3
-    ),
-    "fulldyunet": dict(
-        params=1.63, precision=0.8794, recall=0.7301, dice=0.7394, miou=0.6706, ms=9.49, fps=105.4
-    ),
-    "unet": dict(
-        params=24.4, precision=0.9003, recall=0.7333, dice=0.7413, miou=0.6760, ms=14.16, fps=70.6
-    ),
-    "dasnet": dict(
-        params=1.66, precision=0.8408, recall=0.7700, dice=0.7506, miou=0.6786, ms=9.41, fps=106.3
-    ),
-}
-LABELS = {
-    "thindyunet": "ThinDyUNet",
-    "pspnet": "PSPNet",
-    "pan": "PAN",
-    "deepsupdyunet": "DeepSupDyUNet",
-    "fulldyunet": "FullDyUNet",
-    "unet": "UNet",
-    "dasnet": "DAS-Net",
-}
+# The published tables live in models/published.py; PAPER is the one a report compares with.
+PAPER: dict[str, dict[str, float]] = FIRST_VERSION
 ABLATION = ("thindyunet", "fulldyunet", "deepsupdyunet", "dasnet")
 COLUMNS = ("precision", "recall", "dice", "miou")
 
 
 def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Every <model>.json in ``folder`` that names one of the seven models."""
+    """Every <model>.json in ``folder`` that names one of the eight models."""
     found = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"results file '{path}' cannot be read: {exc}") from None
-        if isinstance(data, dict) and data.get("model") in PAPER:
+        if isinstance(data, dict) and data.get("model") in LABELS:
             found[data["model"]] = data
     return found
 
 
 def _ours(r: dict[str, Any]) -> list[str]:
     lat = r.get("latency") or {}
+    std = r.get("std") or {}  # multi-seed results: the sample std beside each mean
     return [
         f"{r['params'] / 1e6:.2f}",
-        *(f"{r['overall'][c]:.4f}" for c in COLUMNS),
+        *(f"{r['overall'][c]:.4f}" + (f" ± {std[c]:.4f}" if c in std else "") for c in COLUMNS),
         f"{lat['ms']:.2f}" if lat else "-",
         f"{lat['fps']:.1f}" if lat else "-",
     ]
@@ -83,16 +58,28 @@ def _paper(p: dict[str, float]) -> list[str]:
     ]
 
 
-def main_table(results: dict[str, dict[str, Any]]) -> str:
-    """The paper's table: each model's row from our results beside the paper's row."""
+def _source(r: dict[str, Any]) -> str:
+    return f"ours ({r['seeds']} seeds)" if r.get("seeds") else "ours"
+
+
+def main_table(
+    results: dict[str, dict[str, Any]], reference: dict[str, dict[str, float]] = PAPER
+) -> str:
+    """The paper's table: each model's row from our results beside the reference's row (our
+    models the reference lacks come last, alone)."""
     lines = [
         "| Model | source | Params (M) | Precision | Recall | Dice | mIoU | ms | FPS |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, paper in PAPER.items():
+    extra = [name for name in LABELS if name in results and name not in reference]
+    for name in [*reference, *extra]:
         if name in results:
-            lines.append("| " + " | ".join([LABELS[name], "ours", *_ours(results[name])]) + " |")
-        lines.append("| " + " | ".join([LABELS[name], "paper", *_paper(paper)]) + " |")
+            r = results[name]
+            lines.append("| " + " | ".join([LABELS[name], _source(r), *_ours(r)]) + " |")
+        if name in reference:
+            lines.append(
+                "| " + " | ".join([LABELS[name], "paper", *_paper(reference[name])]) + " |"
+            )
     devices = sorted({r["latency"]["device"] for r in results.values() if r.get("latency")})
     if devices:
         lines.append(
@@ -105,7 +92,9 @@ def improvement(miou: float, base: float) -> str:
     return f"{100 * (miou - base) / base:+.1f}%"
 
 
-def ablation_table(results: dict[str, dict[str, Any]]) -> str:
+def ablation_table(
+    results: dict[str, dict[str, Any]], reference: dict[str, dict[str, float]] = PAPER
+) -> str:
     """mIoU of the dynamic family and its improvement over ThinDyUNet, ours beside the paper's."""
     lines = [
         "| Model | dynamic decoder | attention gates | deep supervision | mIoU (ours) | "
@@ -119,10 +108,10 @@ def ablation_table(results: dict[str, dict[str, Any]]) -> str:
         "dasnet": ("yes", "yes", "yes"),
     }
     base = results.get("thindyunet", {}).get("overall", {}).get("miou")
-    paper_base = PAPER["thindyunet"]["miou"]
+    paper_base = reference["thindyunet"]["miou"]
     for name in ABLATION:
         ours = results.get(name, {}).get("overall", {}).get("miou")
-        paper = PAPER[name]["miou"]
+        paper = reference[name]["miou"]
         lines.append(
             "| "
             + " | ".join(
@@ -146,7 +135,7 @@ def modality_table(results: dict[str, dict[str, Any]]) -> str:
         "| Model | mIoU visible | mIoU infrared | Dice visible | Dice infrared |",
         "|---|---|---|---|---|",
     ]
-    for name in PAPER:
+    for name in LABELS:
         if name not in results:
             continue
         mods = results[name].get("modalities", {})
@@ -161,21 +150,103 @@ def modality_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render(results: dict[str, dict[str, Any]]) -> str:
-    """The whole report as markdown."""
-    return (
-        "\n\n".join(
-            [
-                "## Comparison with the paper (Table: segmentation accuracy and speed)",
-                main_table(results),
-                "## Ablation (mIoU, improvement over ThinDyUNet)",
-                ablation_table(results),
-                "## Per modality (ours)",
-                modality_table(results),
-            ]
+def load_seed_results(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Our multi-seed results, one aggregate per model, when run_seeds.py has written
+    ``<folder>/seeds.md``; else empty. An aggregate has the shape of a results file (means) plus
+    ``std`` (sample std per score, with 2 seeds or more), ``seeds`` and ``by_seed``."""
+    folder = Path(folder)
+    if not (folder / "seeds.md").is_file():
+        return {}
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for seed_dir in sorted((folder / "seeds").glob("seed*")):
+        if not seed_dir.name[4:].isdigit():
+            continue
+        for name, result in load_results(seed_dir).items():
+            runs.setdefault(name, {})[int(seed_dir.name[4:])] = result
+    return {name: _aggregate(by_seed) for name, by_seed in runs.items()}
+
+
+def _aggregate(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds in the shape of one results file, with the std of each score."""
+    from tools.stats import summary
+
+    first = next(iter(by_seed.values()))
+    runs = list(by_seed.values())
+    overall = {c: summary([r["overall"][c] for r in runs]) for c in COLUMNS}
+    modalities = {
+        m: {k: summary([r["modalities"][m][k] for r in runs])[0] for k in ("miou", "dice")}
+        for m in first.get("modalities", {})
+        if all(m in r.get("modalities", {}) for r in runs)
+    }
+    latencies = [r["latency"] for r in runs if r.get("latency")]
+    latency = None
+    if latencies:
+        latency = {
+            "ms": summary([lat["ms"] for lat in latencies])[0],
+            "fps": summary([lat["fps"] for lat in latencies])[0],
+            "device": ", ".join(sorted({lat["device"] for lat in latencies})),
+        }
+    return {
+        "model": first["model"],
+        "params": first["params"],
+        "overall": {c: mean for c, (mean, _, _) in overall.items()},
+        "std": {c: std for c, (_, std, n) in overall.items() if n > 1},
+        "modalities": modalities,
+        "latency": latency,
+        "seeds": len(runs),
+        "by_seed": by_seed,
+    }
+
+
+def statistics_table(results: dict[str, dict[str, Any]]) -> str:
+    """The authors' published paired tests beside ours on the same pair (mIoU over seeds,
+    matched by seed), where our multi-seed results hold both models."""
+    from tools.stats import paired_test
+
+    lines = [
+        "| A vs B | seeds (authors) | p (authors) | Cohen's d (authors) | seeds (ours) | "
+        "mean A - B (ours) | p (ours) | Cohen's d (ours) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for test in FINAL_STATS:
+        ours = ["-"] * 4
+        a, b = results.get(test.a, {}), results.get(test.b, {})
+        shared = sorted(set(a.get("by_seed", {})) & set(b.get("by_seed", {})))
+        if len(shared) >= 2:
+            xa = [a["by_seed"][s]["overall"]["miou"] for s in shared]
+            xb = [b["by_seed"][s]["overall"]["miou"] for s in shared]
+            _, p, d = paired_test(xa, xb)
+            diff = sum(xa) / len(xa) - sum(xb) / len(xb)
+            ours = [str(len(shared)), f"{diff:+.4f}", f"{p:.3f}", f"{d:.2f}"]
+        lines.append(
+            f"| {LABELS[test.a]} vs {LABELS[test.b]} | {test.seeds} | {test.p} "
+            f"| {test.cohens_d} | " + " | ".join(ours) + " |"
         )
-        + "\n"
+    lines.append(
+        "\nTwo-sided paired t-test on mIoU over seeds; Cohen's d = mean / sd of the per-seed "
+        "differences (tools/stats.py). The authors do not say which d they computed."
     )
+    return "\n".join(lines)
+
+
+def render(
+    results: dict[str, dict[str, Any]], reference: str = "first", seeds: bool = False
+) -> str:
+    """The whole report as markdown, beside the ``reference`` version's table."""
+    table = REFERENCES[reference]
+    ours = "our means over seeds (± sample std)" if seeds else "our single runs"
+    sections = [
+        "## Comparison with the paper (Table: segmentation accuracy and speed)",
+        f"Reference: {REFERENCE_NOTES[reference]}; {ours}.",
+        main_table(results, table),
+        "## Ablation (mIoU, improvement over ThinDyUNet)",
+        ablation_table(results, table),
+        "## Per modality (ours)",
+        modality_table(results),
+    ]
+    if reference == "final":
+        sections += ["## Statistics over seeds (DAS-Net vs UNet)", statistics_table(results)]
+    return "\n\n".join(sections) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,10 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="folder of <model>.json files (default: results)")
     p.add_argument("--demo", action="store_true", help="read results/demo")
     p.add_argument("--out", help="also write the markdown to this file")
+    p.add_argument(
+        "--reference",
+        choices=sorted(REFERENCES),
+        default="first",
+        help="the published table to compare with: the paper's first version (seven models, "
+        "one run) or the authors' final version (eight models, three-seed means)",
+    )
+    p.add_argument(
+        "--single-run",
+        action="store_true",
+        help="use <results>/<model>.json even where run_seeds.py has written multi-seed results",
+    )
     args = p.parse_args(argv)
     folder = Path(args.results or ("results/demo" if args.demo else "results"))
     try:
         results = load_results(folder)
+        seeded = {} if args.single_run else load_seed_results(folder)
+        results.update(seeded)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    text = render(results)
+    text = render(results, args.reference, bool(seeded))
     print(text)
     if args.out:
         atomic_write_text(args.out, text)

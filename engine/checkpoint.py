@@ -83,18 +83,25 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def load_checkpoint(
+def read_file(
     path: str | Path, map_location: str | torch.device = "cpu", train_hint: str = ""
-) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; errors name the path (and how to make it)."""
+) -> Any:
+    """``torch.load`` with ``weights_only=True``; errors name the path (and how to make it)."""
     path = Path(path)
     if not path.is_file():
         how = f"; train one first: {train_hint}" if train_hint else ""
         raise CheckpointError(f"checkpoint '{path}' not found{how}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint '{path}' cannot be read: {exc}") from None
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", train_hint: str = ""
+) -> dict[str, Any]:
+    """Load a checkpoint of this project; errors name the path (and how to make it)."""
+    ckpt = read_file(path, map_location, train_hint)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a checkpoint of this project ({FORMAT})")
     return ckpt
@@ -126,12 +133,24 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path, name:
 
 
 def load_model(
-    path: str | Path, map_location: str | torch.device = "cpu", name: str | None = None
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    name: str | None = None,
+    train_hint: str = "",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as and load its weights; (model, checkpoint)."""
-    from models import build_model
+    """Rebuild the model a checkpoint was trained as and load its weights; (model, checkpoint).
 
-    ckpt = load_checkpoint(path, map_location)
+    A file saved by the DAS-Net authors' code (or a bare state_dict) loads too: models/authors.py.
+    """
+    from models import build_model
+    from models.authors import AuthorsFormatError, load_authors
+
+    ckpt = read_file(path, map_location, train_hint)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        try:
+            return load_authors(ckpt, name, map_location)
+        except AuthorsFormatError as exc:
+            raise CheckpointError(f"checkpoint '{path}' cannot be loaded: {exc}") from None
     name = name or ckpt.get("model_name")
     if ckpt.get("model_name") != name:
         raise CheckpointError(

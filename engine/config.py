@@ -79,6 +79,7 @@ class ModelConfig:
     width: int | None = None
     stages: int | None = None
     num_kernels: int | None = None
+    encoder_name: str | None = None  # smp baselines: the encoder (default: the paper's)
     encoder_weights: str | None = None
 
 
@@ -294,6 +295,13 @@ def validate(cfg: DictConfig) -> None:
         "valid: auto, cpu, cuda, cuda:N, mps",
     )
     model_overrides(cfg)
+    if cfg.model.encoder_name is not None:
+        from models.baselines import check_encoder
+
+        try:
+            check_encoder(cfg.model.encoder_name)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'model.encoder_name': {exc}") from None
 
 
 def model_overrides(cfg: DictConfig) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import MODALITIES
-from models import count_parameters, optimize_for_inference
+from models import count_parameters, optimize_for_inference, to_channels_last
 
 from . import distributed as dist
-from .checkpoint import atomic_write_json, check_writable, load_checkpoint, load_weights
+from .checkpoint import atomic_write_json, check_writable, load_model, load_weights
 from .config import model_overrides
 from .latency import measure_latency
 from .loaders import ensure_demo_data, make_dataset, make_loader
@@ -85,8 +85,14 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     device = setup_device(cfg)
     model = build(cfg, device)
     ckpt_path = checkpoint_path(cfg)
-    ckpt = load_checkpoint(ckpt_path, device, train_hint=command)
-    load_weights(model, ckpt, ckpt_path, cfg.model.name)
+    # this project's checkpoint or the authors' (models/authors.py: built at the file's width)
+    loaded, ckpt = load_model(ckpt_path, device, cfg.model.name, train_hint=command)
+    authors = ckpt.get("source") == "authors"
+    if authors:
+        model = loaded.to(device)
+        model = to_channels_last(model) if cfg.trainer.channels_last else model
+    else:  # ours: the configured model must fit the checkpoint (a mismatch names the tensor)
+        load_weights(model, ckpt, ckpt_path, cfg.model.name)
     out = results_path(cfg)
     if dist.is_main():
         check_writable(out.parent)
@@ -116,7 +122,7 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
         "throughput_images_per_s": throughput,
         "processes": dist.world_size(),
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model_kwargs": model_overrides(cfg),
+        "model_kwargs": ckpt["model_kwargs"] if authors else model_overrides(cfg),
     }
     if cfg.test.latency and dist.is_main():
         results["latency"] = measure_latency(

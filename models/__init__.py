@@ -1,4 +1,4 @@
-"""The seven networks of the DAS-Net paper behind one factory, ``build_model``."""
+"""The eight networks of the DAS-Net paper behind one factory, ``build_model``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .attention_gate import AttentionGate
 from .baselines import BASELINES, PretrainedWeightsError, build_baseline
 from .dynamic_conv import DyConv2d, DyConvBlock, dynamic_conv2d
 from .dyunet import VARIANTS, DyUNet
+from .hub import from_pretrained, save_pretrained
 from .inference import optimize_for_inference, to_channels_last
 
 MODEL_NAMES: tuple[str, ...] = (
@@ -20,6 +21,7 @@ MODEL_NAMES: tuple[str, ...] = (
     "unet",
     "pan",
     "pspnet",
+    "mobileunet",
 )
 
 # What a user may override per family (the switches are what makes a variant, so they are fixed).
@@ -73,8 +75,10 @@ __all__ = [
     "build_model",
     "count_parameters",
     "dynamic_conv2d",
+    "from_pretrained",
     "has_deep_supervision",
     "optimize_for_inference",
+    "save_pretrained",
     "to_channels_last",
     "valid_overrides",
 ]

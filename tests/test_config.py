@@ -33,6 +33,16 @@ def test_each_config_builds_the_papers_model_to_the_parameter(name):
     assert count_parameters(build_model(name, **kwargs)) == PAPER_PARAMS[name]
 
 
+def test_smp_baselines_take_their_encoder_from_the_command_line():
+    cfg = load_config("unet", overrides=["model.encoder_name=resnet18"])
+    assert model_overrides(cfg)["encoder_name"] == "resnet18"
+    assert load_config("mobileunet").model.encoder_name == "mobilenet_v2"
+    with pytest.raises(ConfigError, match="'model.encoder_name'.*'resnet35' is not an smp"):
+        load_config("pan", overrides=["model.encoder_name=resnet35"])
+    with pytest.raises(ConfigError, match="'model.encoder_name' does not apply to model 'dasnet'"):
+        load_config("dasnet", overrides=["model.encoder_name=resnet18"])
+
+
 def test_demo_overlay_is_small_offline_and_writes_elsewhere():
     cfg = load_config("unet", demo=True)
     assert list(cfg.dataset.image_size) == [128, 128] and cfg.dataset.demo

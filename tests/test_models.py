@@ -1,4 +1,4 @@
-"""The seven networks, checked against SPEC sections 1-3."""
+"""The eight networks, checked against SPEC sections 1-3."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ PAPER_PARAMS = {
     "unet": 24_436_369,
     "pan": 21_475_816,
     "pspnet": 21_437_985,
+    "mobileunet": 6_628_945,  # smp 0.5; the authors' final table prints "6.0 M"
 }
 DYNAMIC = ("dasnet", "thindyunet", "fulldyunet", "deepsupdyunet")
 DEEP_SUPERVISION = ("dasnet", "deepsupdyunet")
@@ -27,7 +28,7 @@ def test_parameter_count_matches_the_paper_exactly(name: str) -> None:
     assert count_parameters(build_model(name)) == PAPER_PARAMS[name]
 
 
-def test_model_names_are_the_seven_of_the_paper() -> None:
+def test_model_names_are_the_eight_of_the_final_paper() -> None:
     assert set(MODEL_NAMES) == set(PAPER_PARAMS)
 
 
@@ -154,11 +155,21 @@ def test_output_shapes(name: str, size: int, batch: int) -> None:
         assert isinstance(out, torch.Tensor) and out.shape == (batch, 1, size, size)
 
 
-@pytest.mark.parametrize("name", ["unet", "pan", "pspnet"])
+@pytest.mark.parametrize("name", ["unet", "pan", "pspnet", "mobileunet"])
 def test_baseline_output_shape(name: str) -> None:
     model = build_model(name).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 3, 128, 128)).shape == (2, 1, 128, 128)
+
+
+def test_mobileunet_is_smps_unet_on_mobilenet_v2_and_any_smp_encoder_can_be_asked_for() -> None:
+    model = build_model("mobileunet")
+    assert type(model).__name__ == "Unet" and type(model.encoder).__name__ == "MobileNetV2Encoder"
+    assert count_parameters(model.encoder) == 2_223_872  # torchvision's MobileNetV2 features
+    small = build_model("unet", encoder_name="resnet18")
+    assert count_parameters(small) == 14_328_209
+    with pytest.raises(ValueError, match="'resnet35' is not an smp encoder"):
+        build_model("unet", encoder_name="resnet35")
 
 
 def test_aux_heads_only_in_train_mode_and_ordered_coarse_to_fine() -> None:
@@ -259,3 +270,13 @@ def test_failed_weight_download_names_the_setting(monkeypatch: pytest.MonkeyPatc
 def test_bad_encoder_weights_value_is_refused() -> None:
     with pytest.raises(ValueError, match="'ssl'.*imagenet"):
         build_model("pan", encoder_weights="ssl")
+
+
+def test_python_m_models_lists_the_eight_measured_beside_the_authors_table() -> None:
+    from models.__main__ import parameter_table
+
+    table = parameter_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(MODEL_NAMES)
+    assert all(" | yes | " in row for row in rows)
+    assert "| mobileunet | 6,628,945 (6.63 M) | 6,628,945 | yes | 6.0 M |" in table

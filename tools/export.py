@@ -2,6 +2,7 @@
 
     python export.py --model dasnet --checkpoint runs/dasnet/best.pt --format onnx
     python export.py --model dasnet --demo --size 128 128
+    python export.py --checkpoint runs/dasnet/best.pt --format safetensors   # exports/dasnet/
 
 The exported graph is verified with onnxruntime on random inputs (batch 1 and 3) and on real
 images (batch 1 and 2; demo test images, or ``--images``): the largest absolute difference of
@@ -202,7 +203,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODEL_NAMES, help="default: the checkpoint's model")
     p.add_argument("--checkpoint", help="a best.pt or last.pt of a run")
     p.add_argument("--demo", action="store_true", help="the demo checkpoint of --model")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "safetensors"),
+        default="onnx",
+        help="safetensors: a folder (config.json + model.safetensors) for models.from_pretrained",
+    )
     p.add_argument(
         "--size",
         nargs=2,
@@ -239,6 +245,15 @@ def _run(args: argparse.Namespace) -> int:
     path = checkpoint_for(args.model, args.checkpoint, args.demo)
     plain, ckpt = load_for_inference(path, args.model, "cpu", optimize=False)
     name = ckpt["model_name"]
+    if args.format == "safetensors":
+        from models.hub import PretrainedError, export_checked_folder
+
+        out = Path(args.out or f"exports/{name}")
+        try:
+            print(export_checked_folder(plain, ckpt, out, args.size, min(args.tolerance, 1e-6)))
+        except PretrainedError as exc:
+            raise ToolError(str(exc)) from None
+        return 0
     size = input_size(ckpt, args.size, plain)
     in_channels = int((ckpt.get("model_kwargs") or {}).get("in_channels", 3))
     out = Path(args.out or f"exports/{name}.onnx")

@@ -2,10 +2,13 @@
 
     python plots.py curves runs/dasnet runs/unet [--out figures/curves.png]
     python plots.py grid --models dasnet unet [--demo] [--checkpoints A.pt B.pt] [--n 4]
+    python plots.py tradeoff [--results results | --demo] [--reference final|first|none]
 
 The grid's rows are test images that show a UAV, half visible and half infrared, spread over
 the split in a fixed order; its columns are the input, the ground truth and each model's mask
-(titled with its IoU on that image).
+(titled with its IoU on that image). The trade-off figure puts each model's mIoU against its
+parameters (log scale) and its FPS, ours filled, the published table's hollow, with the Pareto
+fronts (no other model is both smaller or faster and more accurate) drawn through them.
 """
 
 from __future__ import annotations
@@ -180,6 +183,114 @@ def plot_grid(
     return save_figure(fig, out)
 
 
+def pareto_front(points: list[tuple[float, float]], lower_x_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both x and y (higher y is better; lower
+    or higher x as said), ordered along x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    if not lower_x_better:
+        order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def tradeoff_points(
+    results: dict[str, dict[str, Any]], reference: dict[str, dict[str, float]]
+) -> dict[str, list[tuple[str, float, float, float | None]]]:
+    """(model, params in M, mIoU, FPS or None) per source: ours and the reference table."""
+    ours = [
+        (
+            name,
+            r["params"] / 1e6,
+            r["overall"]["miou"],
+            (r.get("latency") or {}).get("fps"),
+        )
+        for name, r in results.items()
+    ]
+    theirs = [(name, p["params"], p["miou"], p["fps"]) for name, p in reference.items()]
+    return {"ours": ours, "reference": theirs}
+
+
+def plot_tradeoff(
+    results: dict[str, dict[str, Any]],
+    reference: dict[str, dict[str, float]],
+    out: Path,
+    reference_note: str = "",
+) -> Path:
+    """mIoU against parameters (log) and against FPS: one labelled point per model and source,
+    ours filled and the reference hollow, each source's Pareto front as a line."""
+    from models.published import LABELS
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colours = {name: f"C{i}" for i, name in enumerate(LABELS)}
+    points = tradeoff_points(results, reference)
+    devices = sorted({r["latency"]["device"] for r in results.values() if r.get("latency")})
+    styles = {
+        "ours": dict(marker="o", line="-", label=f"ours ({', '.join(devices) or 'no latency'})"),
+        "reference": dict(marker="s", line="--", label=reference_note or "published"),
+    }
+    for ax, axis in zip(axes, ("params", "fps"), strict=True):
+        for source, rows in points.items():
+            rows = [r for r in rows if axis == "params" or r[3]]
+            if not rows:
+                continue
+            xy = [(r[1] if axis == "params" else r[3], r[2]) for r in rows]
+            style = styles[source]
+            for (name, *_), (x, y) in zip(rows, xy, strict=True):
+                filled = source == "ours"
+                ax.scatter(
+                    x,
+                    y,
+                    s=55,
+                    marker=style["marker"],
+                    facecolors=colours[name] if filled else "none",
+                    edgecolors=colours[name],
+                    linewidths=1.5,
+                    zorder=3,
+                )
+                ax.annotate(
+                    LABELS[name], (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7
+                )
+            front = pareto_front(xy, lower_x_better=axis == "params")
+            ax.plot(
+                [xy[i][0] for i in front],
+                [xy[i][1] for i in front],
+                style["line"],
+                color="0.3",
+                label=f"Pareto front, {style['label']}",
+                zorder=2,
+            )
+        xs = [r[1] if axis == "params" else r[3] for rows in points.values() for r in rows]
+        xs = [x for x in xs if x]
+        if axis == "params" or (xs and max(xs) / min(xs) > 10):
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks(
+                [
+                    t
+                    for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+                    if min(xs) / 2 <= t <= max(xs) * 2
+                ]
+            )
+        ax.set(
+            xlabel="parameters (M, log scale)" if axis == "params" else "FPS (batch 1, FP32)",
+            ylabel="test mIoU",
+            title="mIoU vs size" if axis == "params" else "mIoU vs speed",
+        )
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Filled: ours; hollow: the published table", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plots.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -200,13 +311,27 @@ def parser() -> argparse.ArgumentParser:
     grid.add_argument("--threshold", type=float, default=0.5)
     grid.add_argument("--device", default="auto")
     grid.add_argument("--out", default="figures/grid.png")
+    tradeoff = sub.add_parser("tradeoff", help="mIoU vs parameters and vs FPS, Pareto fronts")
+    tradeoff.add_argument("--results", help="folder of <model>.json files (default: results)")
+    tradeoff.add_argument("--demo", action="store_true", help="read results/demo")
+    tradeoff.add_argument(
+        "--reference",
+        choices=("final", "first", "none"),
+        default="final",
+        help="the published table drawn hollow (none: ours only)",
+    )
+    tradeoff.add_argument(
+        "--single-run", action="store_true", help="ignore multi-seed results (see report.py)"
+    )
+    tradeoff.add_argument("--out", default="figures/tradeoff.png")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of plots.py."""
     args = parser().parse_args(argv)
-    return run_cli(lambda: _curves(args) if args.command == "curves" else _grid(args))
+    commands = {"curves": _curves, "grid": _grid, "tradeoff": _tradeoff}
+    return run_cli(lambda: commands[args.command](args))
 
 
 def _curves(args: argparse.Namespace) -> int:
@@ -240,4 +365,26 @@ def _grid(args: argparse.Namespace) -> int:
         raise ToolError(f"dataset root '{root}' not found")
     out = plot_grid(columns, Path(root), args.n, Path(args.out), args.threshold, args.device)
     print(f"grid of {args.n} test images x {len(columns)} models -> {out}")
+    return 0
+
+
+def _tradeoff(args: argparse.Namespace) -> int:
+    import report
+    from models.published import REFERENCE_NOTES, REFERENCES
+
+    folder = Path(args.results or ("results/demo" if args.demo else "results"))
+    try:
+        results = report.load_results(folder) if folder.is_dir() else {}
+        if not args.single_run:
+            results.update(report.load_seed_results(folder))
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    reference = REFERENCES.get(args.reference, {})
+    if not results and not reference:
+        raise ToolError(f"no results in '{folder}' and --reference none: nothing to draw")
+    if not results:
+        logger.warning("no results in '%s': drawing the published table only", folder)
+    note = REFERENCE_NOTES.get(args.reference, "").split(":")[0]
+    out = plot_tradeoff(results, reference, Path(args.out), note)
+    print(f"trade-off of {len(results)} models (ours) and {len(reference)} published -> {out}")
     return 0
