@@ -4,9 +4,10 @@ real 605,045-frame dataset.
 Each sequence is a short video from a rig of two cameras panning together: a visible (VL)
 camera with a 16:9 frame and an infrared (IR) camera with a 5:4 frame and a narrower field of
 view. Both look at one scene (clear sky, clouds, a horizon over land, or mostly ground) in which
-one or two UAVs (quadcopter or fixed-wing silhouettes, from a few pixels to about a tenth of the
-frame) cross the view, growing or shrinking as they approach or recede; about a fifth of the
-frames show no UAV. Birds and warm buildings are distractors. In IR the UAVs are hot (bright).
+one or two UAVs (quadcopter or fixed-wing silhouettes) cross the view, growing or shrinking as
+they approach or recede; about a fifth of the frames show no UAV. UAV sizes follow the sequence's
+range (``RANGES``, taken in turn): from a few pixels (0.02% of the frame) to one passing near the
+camera (14%). Birds and warm buildings are distractors. In IR the UAVs are hot (bright).
 Some IR sequences are stored as single-channel JPEGs, as in real copies.
 
 Everything is drawn from ``numpy.random.default_rng([seed, sequence_index])``, so a seed gives
