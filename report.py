@@ -2,6 +2,7 @@
 
 python report.py [--results results] [--out report.md]
 python report.py --demo             # the demo's results (results/demo)
+python report.py --mode pad         # results of test.mode=pad (results/<model>_pad.json)
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ ABLATION = ("thindyunet", "fulldyunet", "deepsupdyunet", "dasnet")
 COLUMNS = ("precision", "recall", "dice", "miou")
 
 
-def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Every <model>.json in ``folder`` that names one of the seven models."""
+def load_results(folder: str | Path, mode: str = "resize") -> dict[str, dict[str, Any]]:
+    """Every results file in ``folder`` that names one of the seven models and was produced by
+    ``mode`` (test.mode; files from before test.mode existed are resize)."""
     found = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"results file '{path}' cannot be read: {exc}") from None
-        if isinstance(data, dict) and data.get("model") in PAPER:
+        if isinstance(data, dict) and data.get("model") in PAPER and _mode(data) == mode:
             found[data["model"]] = data
     return found
 
@@ -161,8 +163,64 @@ def modality_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _mode(data: dict[str, Any]) -> str:
+    return (data.get("protocol") or {}).get("mode", "resize")
+
+
+def size_table(results: dict[str, dict[str, Any]]) -> str:
+    """mIoU per UAV size bin (engine.breakdown.SIZE_BINS) for every model, and the images per
+    bin; frames without a UAV get their false-positive rate."""
+    from engine.breakdown import EMPTY, SIZE_BINS
+
+    names = [name for name in PAPER if results.get(name, {}).get("sizes")]
+    if not names:
+        return "(no size breakdown in these results: re-run the test scripts)"
+    bins = [b for b, _, _ in SIZE_BINS]
+    first = results[names[0]]["sizes"]
+    lines = [
+        "| Model | "
+        + " | ".join(f"mIoU {b} ({first[b]['images']})" for b in bins)
+        + f" | mIoU no UAV ({first[EMPTY]['images']}) | FP rate no UAV |",
+        "|---|" + "---|" * (len(bins) + 2),
+    ]
+    for name in names:
+        sizes = results[name]["sizes"]
+
+        def cell(b: str, key: str = "miou", sizes: dict = sizes) -> str:
+            return f"{sizes[b][key]:.4f}" if sizes[b]["images"] else "-"
+
+        lines.append(
+            f"| {LABELS[name]} | "
+            + " | ".join(cell(b) for b in bins)
+            + f" | {cell(EMPTY)} | {cell(EMPTY, 'false_positive_rate')} |"
+        )
+    ranges = ", ".join(
+        f"{b} {lo:.1%}-{hi:.1%}" if hi != float("inf") else f"{b} >= {lo:.1%}"
+        for b, lo, hi in SIZE_BINS
+    )
+    lines.append(f"\nUAV area as a fraction of the original frame: {ranges}; (images per bin).")
+    return "\n".join(lines)
+
+
+def sequence_table(results: dict[str, dict[str, Any]], count: int = 3) -> str:
+    """Each model's best and worst test sequences by mIoU."""
+    lines = ["| Model | worst sequences (mIoU) | best sequences (mIoU) |", "|---|---|---|"]
+    for name in PAPER:
+        seqs = results.get(name, {}).get("sequences")
+        if not seqs:
+            continue
+        ranked = sorted(seqs.items(), key=lambda kv: (kv[1]["miou"], kv[0]))
+        worst = ", ".join(f"{k} {v['miou']:.3f}" for k, v in ranked[:count])
+        best = ", ".join(f"{k} {v['miou']:.3f}" for k, v in ranked[::-1][:count])
+        lines.append(f"| {LABELS[name]} | {worst} | {best} |")
+    if len(lines) == 2:
+        return "(no per-sequence breakdown in these results: re-run the test scripts)"
+    return "\n".join(lines)
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """The whole report as markdown."""
+    modes = sorted({_mode(r) for r in results.values()})
     return (
         "\n\n".join(
             [
@@ -172,6 +230,10 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 ablation_table(results),
                 "## Per modality (ours)",
                 modality_table(results),
+                f"## By UAV size (ours, test.mode {', '.join(modes)})",
+                size_table(results),
+                "## Best and worst sequences (ours)",
+                sequence_table(results),
             ]
         )
         + "\n"
@@ -183,10 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", help="folder of <model>.json files (default: results)")
     p.add_argument("--demo", action="store_true", help="read results/demo")
     p.add_argument("--out", help="also write the markdown to this file")
+    p.add_argument(
+        "--mode",
+        default="resize",
+        choices=("resize", "pad", "slide"),
+        help="the test.mode whose results to tabulate (default: resize, the paper's protocol)",
+    )
     args = p.parse_args(argv)
     folder = Path(args.results or ("results/demo" if args.demo else "results"))
     try:
-        results = load_results(folder)
+        results = load_results(folder, args.mode)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
