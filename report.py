@@ -3,6 +3,7 @@
 python report.py [--results results] [--out report.md]
 python report.py --demo             # the demo's results (results/demo)
 python report.py --reference final  # beside the authors' final version (eight models, 3 seeds)
+python report.py --mode pad         # results of test.mode=pad (results/<model>_pad.json)
 
 Where run_seeds.py has written <results>/seeds.md, our rows are the means (± std) of the
 results files of every seed in <results>/seeds/ (``--single-run`` reads <results>/*.json).
@@ -25,15 +26,16 @@ ABLATION = ("thindyunet", "fulldyunet", "deepsupdyunet", "dasnet")
 COLUMNS = ("precision", "recall", "dice", "miou")
 
 
-def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Every <model>.json in ``folder`` that names one of the eight models."""
+def load_results(folder: str | Path, mode: str = "resize") -> dict[str, dict[str, Any]]:
+    """Every results file in ``folder`` that names one of the eight models and was produced by
+    ``mode`` (test.mode; files from before test.mode existed are resize)."""
     found = {}
     for path in sorted(Path(folder).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"results file '{path}' cannot be read: {exc}") from None
-        if isinstance(data, dict) and data.get("model") in LABELS:
+        if isinstance(data, dict) and data.get("model") in LABELS and _mode(data) == mode:
             found[data["model"]] = data
     return found
 
@@ -229,12 +231,68 @@ def statistics_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _mode(data: dict[str, Any]) -> str:
+    return (data.get("protocol") or {}).get("mode", "resize")
+
+
+def size_table(results: dict[str, dict[str, Any]]) -> str:
+    """mIoU per UAV size bin (engine.breakdown.SIZE_BINS) for every model, and the images per
+    bin; frames without a UAV get their false-positive rate."""
+    from engine.breakdown import EMPTY, SIZE_BINS
+
+    names = [name for name in LABELS if results.get(name, {}).get("sizes")]
+    if not names:
+        return "(no size breakdown in these results: re-run the test scripts)"
+    bins = [b for b, _, _ in SIZE_BINS]
+    first = results[names[0]]["sizes"]
+    lines = [
+        "| Model | "
+        + " | ".join(f"mIoU {b} ({first[b]['images']})" for b in bins)
+        + f" | mIoU no UAV ({first[EMPTY]['images']}) | FP rate no UAV |",
+        "|---|" + "---|" * (len(bins) + 2),
+    ]
+    for name in names:
+        sizes = results[name]["sizes"]
+
+        def cell(b: str, key: str = "miou", sizes: dict = sizes) -> str:
+            return f"{sizes[b][key]:.4f}" if sizes[b]["images"] else "-"
+
+        lines.append(
+            f"| {LABELS[name]} | "
+            + " | ".join(cell(b) for b in bins)
+            + f" | {cell(EMPTY)} | {cell(EMPTY, 'false_positive_rate')} |"
+        )
+    ranges = ", ".join(
+        f"{b} {lo:.1%}-{hi:.1%}" if hi != float("inf") else f"{b} >= {lo:.1%}"
+        for b, lo, hi in SIZE_BINS
+    )
+    lines.append(f"\nUAV area as a fraction of the original frame: {ranges}; (images per bin).")
+    return "\n".join(lines)
+
+
+def sequence_table(results: dict[str, dict[str, Any]], count: int = 3) -> str:
+    """Each model's best and worst test sequences by mIoU."""
+    lines = ["| Model | worst sequences (mIoU) | best sequences (mIoU) |", "|---|---|---|"]
+    for name in LABELS:
+        seqs = results.get(name, {}).get("sequences")
+        if not seqs:
+            continue
+        ranked = sorted(seqs.items(), key=lambda kv: (kv[1]["miou"], kv[0]))
+        worst = ", ".join(f"{k} {v['miou']:.3f}" for k, v in ranked[:count])
+        best = ", ".join(f"{k} {v['miou']:.3f}" for k, v in ranked[::-1][:count])
+        lines.append(f"| {LABELS[name]} | {worst} | {best} |")
+    if len(lines) == 2:
+        return "(no per-sequence breakdown in these results: re-run the test scripts)"
+    return "\n".join(lines)
+
+
 def render(
     results: dict[str, dict[str, Any]], reference: str = "first", seeds: bool = False
 ) -> str:
     """The whole report as markdown, beside the ``reference`` version's table."""
     table = REFERENCES[reference]
     ours = "our means over seeds (± sample std)" if seeds else "our single runs"
+    modes = sorted({_mode(r) for r in results.values()})
     sections = [
         "## Comparison with the paper (Table: segmentation accuracy and speed)",
         f"Reference: {REFERENCE_NOTES[reference]}; {ours}.",
@@ -243,6 +301,10 @@ def render(
         ablation_table(results, table),
         "## Per modality (ours)",
         modality_table(results),
+        f"## By UAV size (ours, test.mode {', '.join(modes)})",
+        size_table(results),
+        "## Best and worst sequences (ours)",
+        sequence_table(results),
     ]
     if reference == "final":
         sections += ["## Statistics over seeds (DAS-Net vs UNet)", statistics_table(results)]
@@ -266,10 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="use <results>/<model>.json even where run_seeds.py has written multi-seed results",
     )
+    p.add_argument(
+        "--mode",
+        default="resize",
+        choices=("resize", "pad", "slide"),
+        help="the test.mode whose results to tabulate (default: resize, the paper's protocol)",
+    )
     args = p.parse_args(argv)
     folder = Path(args.results or ("results/demo" if args.demo else "results"))
     try:
-        results = load_results(folder)
+        results = load_results(folder, args.mode)
         seeded = {} if args.single_run else load_seed_results(folder)
         results.update(seeded)
     except ValueError as exc:

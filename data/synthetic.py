@@ -4,9 +4,10 @@ real 605,045-frame dataset.
 Each sequence is a short video from a rig of two cameras panning together: a visible (VL)
 camera with a 16:9 frame and an infrared (IR) camera with a 5:4 frame and a narrower field of
 view. Both look at one scene (clear sky, clouds, a horizon over land, or mostly ground) in which
-one or two UAVs (quadcopter or fixed-wing silhouettes, from a few pixels to about a tenth of the
-frame) cross the view, growing or shrinking as they approach or recede; about a fifth of the
-frames show no UAV. Birds and warm buildings are distractors. In IR the UAVs are hot (bright).
+one or two UAVs (quadcopter or fixed-wing silhouettes) cross the view, growing or shrinking as
+they approach or recede; about a fifth of the frames show no UAV. UAV sizes follow the sequence's
+range (``RANGES``, taken in turn): from a few pixels (0.02% of the frame) to one passing near the
+camera (14%). Birds and warm buildings are distractors. In IR the UAVs are hot (bright).
 Some IR sequences are stored as single-channel JPEGs, as in real copies.
 
 Everything is drawn from ``numpy.random.default_rng([seed, sequence_index])``, so a seed gives
@@ -270,33 +271,49 @@ class Mover:
         return quadcopter(self.view) if self.kind == "quadcopter" else fixed_wing()
 
 
-def make_uav(rng: np.random.Generator, sky_bottom: float) -> Mover:
+# UAV sizes as the fraction of the VL frame the silhouette covers (IR frames see a UAV about a
+# quarter larger), by the sequence's range. Sequences take the ranges in turn, so any four
+# consecutive ones (the default demo's test split) hold UAVs in every size bin of
+# engine.breakdown: from a few pixels (tiny, < 0.1%) to one passing near the camera (> 5%).
+RANGES: dict[str, tuple[float, float]] = {
+    "far": (0.0002, 0.0006),
+    "mid": (0.002, 0.006),
+    "near": (0.015, 0.035),
+    "close": (0.08, 0.14),
+}
+
+
+def coverage(shape: list[np.ndarray], squash: float) -> float:
+    """The fraction of its extent squared that a silhouette covers (about 0.1 to 0.4)."""
+    alpha, _, _ = render_alpha(shape, 50.0, 50.0, 64.0, 0.0, squash)
+    return float(alpha.sum()) / 64.0**2
+
+
+def make_uav(rng: np.random.Generator, sky_bottom: float, reach: str = "mid") -> Mover:
     kind = "quadcopter" if rng.random() < 0.5 else "fixed_wing"
     ys = (0.1, max(0.25, sky_bottom - 0.08))
     start = np.array([rng.uniform(0.12, 0.88), rng.uniform(*ys)])
     end = np.array([rng.uniform(0.12, 0.88), rng.uniform(*ys)])
-    # Log-uniform sizes at the start and the end of the path: mostly 4-12% of the frame width
-    # (several pixels even at 128x128), one end in five far away at 1.5-4%.
-    extent = tuple(
-        float(np.exp(rng.uniform(*np.log([0.015, 0.04] if rng.random() < 0.2 else [0.04, 0.12]))))
-        for _ in "se"
+    wobble = np.array(
+        [rng.uniform(0, 0.03), rng.uniform(0, 0.02), rng.uniform(0.5, 2), rng.uniform(0, 2 * np.pi)]
     )
+    squash = rng.uniform(0.45, 0.9) if kind == "quadcopter" else rng.uniform(0.35, 1.0)
+    view = "below" if rng.random() < 0.5 else "side"
+    shape = quadcopter(view) if kind == "quadcopter" else fixed_wing()
+    # Area fractions log-uniform in the range at both ends of the path (approaching or
+    # receding), turned into extents (VL frame widths) through the silhouette's coverage.
+    fill = coverage(shape, squash)
+    areas = np.exp(rng.uniform(*np.log(RANGES[reach]), size=2))
+    extent = tuple(float(np.sqrt(a * VL_HEIGHT / fill)) for a in areas)
     shade = rng.choice([rng.uniform(15, 70), rng.uniform(170, 220)], p=[0.7, 0.3])
     return Mover(
         kind,
         start,
         end,
-        wobble=np.array(
-            [
-                rng.uniform(0, 0.03),
-                rng.uniform(0, 0.02),
-                rng.uniform(0.5, 2),
-                rng.uniform(0, 2 * np.pi),
-            ]
-        ),
+        wobble=wobble,
         extent=extent,
-        squash=rng.uniform(0.45, 0.9) if kind == "quadcopter" else rng.uniform(0.35, 1.0),
-        view="below" if rng.random() < 0.5 else "side",
+        squash=squash,
+        view=view,
         shade=float(shade),
         heat=rng.uniform(80, 130),
     )
@@ -349,7 +366,8 @@ def generate_sequence(
     ir_density = ir_w / IR_FOV
     sky_bottom = {"clear": 0.9, "cloudy": 0.9, "horizon": 0.55, "ground": 0.9}[str(kind)]
 
-    uavs = [make_uav(rng, sky_bottom) for _ in range(2 if rng.random() < 0.15 else 1)]
+    reach = list(RANGES)[index % len(RANGES)]
+    uavs = [make_uav(rng, sky_bottom, reach) for _ in range(2 if rng.random() < 0.15 else 1)]
     birds = (
         [make_bird(rng, sky_bottom) for _ in range(rng.integers(1, 5))]
         if rng.random() < 0.35

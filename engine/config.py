@@ -47,6 +47,20 @@ class NonFinite(str, Enum):
     skip = "skip"
 
 
+class InferenceMode(str, Enum):
+    """engine/inference_modes.MODES: how test frames meet the model."""
+
+    resize = "resize"
+    pad = "pad"
+    slide = "slide"
+
+
+class Padding(str, Enum):
+    reflect = "reflect"
+    zeros = "zeros"
+    none = "none"
+
+
 @dataclass
 class DatasetConfig:
     """Where the data is and how it is drawn (SPEC sections 4-5)."""
@@ -135,6 +149,15 @@ class TestConfig:
     latency_size: list[int] = field(default_factory=lambda: [512, 512])
     latency_warmup: int = 10
     latency_runs: int = 50
+    # Inference mode and breakdowns (engine/inference_modes.py, engine/breakdown.py)
+    mode: InferenceMode = InferenceMode.resize  # resize: the paper's table
+    tile: list[int] | None = None  # slide: [height, width]; default dataset.image_size
+    stride: list[int] | None = None  # slide: default half the tile
+    padding: Padding = Padding.reflect  # pad, slide
+    scale: float = 1.0  # pad, slide: frames rescaled first
+    thresholds: list[float] = field(default_factory=lambda: [i / 10 for i in range(1, 10)])
+    tune_threshold: bool = True  # pick the sweep's best-Dice threshold on val, apply to test
+    save_predictions: bool = False  # predicted masks as PNGs beside the results
 
 
 @dataclass
@@ -294,6 +317,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.device",
         "valid: auto, cpu, cuda, cuda:N, mps",
     )
+    validate_test_mode(cfg)
     model_overrides(cfg)
     if cfg.model.encoder_name is not None:
         from models.baselines import check_encoder
@@ -302,6 +326,36 @@ def validate(cfg: DictConfig) -> None:
             check_encoder(cfg.model.encoder_name)
         except ValueError as exc:
             raise ConfigError(f"config key 'model.encoder_name': {exc}") from None
+
+
+def validate_test_mode(cfg: DictConfig) -> None:
+    """The test.mode keys that need no model; the size multiple is checked when the model is
+    built (engine.evaluate.test)."""
+    t = cfg.test
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}' = {OmegaConf.select(cfg, key)!r}: {what}")
+
+    for key in ("test.tile", "test.stride"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            need(len(value) == 2 and min(value) >= 1, key, "must be [height, width], positive")
+            need(
+                t.mode.value == "slide", key, f"applies only to test.mode=slide, not {t.mode.value}"
+            )
+    need(
+        not (t.mode.value == "pad" and t.padding.value == "none"),
+        "test.padding",
+        "test.mode=pad needs padding reflect or zeros",
+    )
+    need(t.scale > 0, "test.scale", "must be > 0")
+    need(t.scale == 1.0 or t.mode.value != "resize", "test.scale", "applies to pad and slide")
+    need(
+        len(t.thresholds) >= 1 and all(0 < x < 1 for x in t.thresholds),
+        "test.thresholds",
+        "must be one or more values strictly between 0 and 1",
+    )
 
 
 def model_overrides(cfg: DictConfig) -> dict[str, Any]:

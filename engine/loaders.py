@@ -53,7 +53,12 @@ def make_dataset(cfg: DictConfig, split: str) -> UAVSegDataset:
 
 
 def make_loader(
-    cfg: DictConfig, dataset: UAVSegDataset, train: bool, batch_size: int, device: torch.device
+    cfg: DictConfig,
+    dataset: UAVSegDataset,
+    train: bool,
+    batch_size: int,
+    device: torch.device,
+    collate_fn=None,
 ) -> DataLoader:
     """A tuned DataLoader: shuffled and sharded per process for training, sharded in order else.
 
@@ -77,4 +82,5 @@ def make_loader(
         persistent_workers=d.persistent_workers and workers > 0,
         prefetch_factor=d.prefetch_factor if workers > 0 else None,
         drop_last=False,
+        collate_fn=collate_fn,
     )

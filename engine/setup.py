@@ -21,6 +21,7 @@ from models import build_model, to_channels_last
 from . import distributed as dist
 from .config import ConfigError, model_overrides
 from .cpu import keep_freed_memory
+from .inference_modes import size_multiple
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
@@ -91,15 +92,6 @@ def build(cfg: DictConfig, device: torch.device) -> nn.Module:
     if cfg.trainer.channels_last:
         model = to_channels_last(model)
     return model
-
-
-def size_multiple(model: nn.Module) -> int:
-    """Input height and width must be multiples of this: the model's own ``size_multiple``
-    (2**stages for the dynamic models), smp's encoder stride where smp requires it, else 1."""
-    multiple = getattr(model, "size_multiple", None)
-    if multiple is None and getattr(model, "requires_divisible_input_shape", False):
-        multiple = model.encoder.output_stride
-    return int(multiple or 1)
 
 
 def check_image_size(cfg: DictConfig, model: nn.Module) -> None:

@@ -79,3 +79,38 @@ def test_multi_seed_results_give_means_with_std_and_our_paired_test(tmp_path, ca
     assert (
         "| DAS-Net | ours | 1.66 | 0.9000 | 0.8000 | 0.7000 | 0.1000 |" in capsys.readouterr().out
     )
+
+
+def with_breakdowns(result: dict, tiny: float, mode: str = "resize") -> dict:
+    def b(miou: float, images: int) -> dict:
+        return {"images": images, "miou": miou, "dice": miou, "precision": 1.0, "recall": 1.0}
+
+    return {
+        **result,
+        "protocol": {"mode": mode},
+        "sizes": {
+            "tiny": b(tiny, 3),
+            "small": b(0.5, 2),
+            "medium": b(0.7, 0),
+            "large": b(0.9, 1),
+            "empty": {**b(0.75, 4), "false_positive_rate": 0.25},
+        },
+        "sequences": {"seq1": b(0.2, 5), "seq2": b(0.9, 3), "seq3": b(0.6, 2)},
+    }
+
+
+def test_report_tabulates_miou_by_uav_size_and_the_best_and_worst_sequences(tmp_path, capsys):
+    (tmp_path / "dasnet.json").write_text(json.dumps(with_breakdowns(fake("dasnet", 0.6), 0.1)))
+    (tmp_path / "unet.json").write_text(json.dumps(with_breakdowns(fake("unet", 0.5), 0.3)))
+    pad = with_breakdowns(fake("dasnet", 0.99), 0.99, mode="pad")
+    (tmp_path / "dasnet_pad.json").write_text(json.dumps(pad))
+    assert report.main(["--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| Model | mIoU tiny (3) | mIoU small (2) | mIoU medium (0) | mIoU large (1) |" in out
+    assert "| DAS-Net | 0.1000 | 0.5000 | - | 0.9000 | 0.7500 | 0.2500 |" in out
+    assert "| UNet | 0.3000 |" in out
+    assert "| DAS-Net | seq1 0.200, seq3 0.600, seq2 0.900 | seq2 0.900, seq3 0.600" in out
+    assert "0.9900" not in out  # the pad results are not the paper protocol's
+    assert report.main(["--results", str(tmp_path), "--mode", "pad"]) == 0
+    out = capsys.readouterr().out
+    assert "| DAS-Net | 0.9900 |" in out and "UNet | ours" not in out

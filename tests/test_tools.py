@@ -407,3 +407,74 @@ def test_grid_names_a_missing_checkpoint(tmp_path, capsys):
         == 2
     )
     assert str(missing) in capsys.readouterr().err
+
+
+# -- inference modes in predict.py and plots.py size (issue 15) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory) -> Path:
+    """A 3-stage ThinDyUNet (sides multiples of 8) trained-at 64x64: quick on full-HD frames."""
+    torch.manual_seed(0)
+    kwargs = {"width": 8, "stages": 3}
+    return save_checkpoint(
+        tmp_path_factory.mktemp("small") / "small.pt",
+        {
+            "model_name": "thindyunet",
+            "model_kwargs": kwargs,
+            "model": build_model("thindyunet", **kwargs).state_dict(),
+            "epoch": 1,
+            "config": {"dataset": {"image_size": [64, 64]}},
+        },
+    )
+
+
+@pytest.mark.parametrize("mode", ["pad", "slide"])
+def test_predict_pad_and_slide_write_masks_of_the_frame_size(small_ckpt, tmp_path, mode):
+    random_image(tmp_path / "hd.jpg", 1920, 1080)
+    random_image(tmp_path / "odd.png", 1001, 757)
+    out = tmp_path / "out"
+    extra = ["--tile", "256", "256", "--stride", "192", "192"] if mode == "slide" else []
+    args = ["--checkpoint", str(small_ckpt), str(tmp_path / "hd.jpg"), str(tmp_path / "odd.png")]
+    assert predict.main([*args, "--out", str(out), "--mode", mode, "--device", "cpu", *extra]) == 0
+    assert Image.open(out / "hd_mask.png").size == (1920, 1080)
+    assert Image.open(out / "odd_mask.png").size == (1001, 757)
+    assert Image.open(out / "odd_overlay.png").size == (1001, 757)
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--mode", "slide", "--tile", "100", "100"], "--tile = [100, 100]: the model needs"),
+        (["--mode", "slide", "--tile", "64", "64", "--stride", "96", "8"], "--stride = [96, 8]"),
+        (["--mode", "pad", "--tile", "64", "64"], "--tile = [64, 64]: applies only to mode slide"),
+        (["--mode", "pad", "--padding", "none"], "--padding = 'none'"),
+        (["--mode", "slide", "--tile", "256", "256", "--padding", "none"], "larger than the frame"),
+    ],
+)
+def test_predict_refuses_a_mode_that_cannot_work_before_writing(
+    small_ckpt, tmp_path, capsys, extra, expect
+):
+    image = random_image(tmp_path / "a.png", 160, 90)
+    out = tmp_path / "out"
+    code = predict.main(["--checkpoint", str(small_ckpt), str(image), "--out", str(out), *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expect in err
+    assert not out.exists()
+
+
+def test_size_plot_from_per_image_csvs(tmp_path, capsys):
+    for model, shift in [("dasnet", 0.1), ("unet", 0.0)]:
+        (tmp_path / f"{model}.json").write_text(json.dumps({"model": model}))
+        rows = ["file,modality,sequence,height,width,uav_area,iou,dice,precision,recall"]
+        rows += [
+            f"f{i}.jpg,visible,s,90,160,{a},{0.5 + shift},0.6,1,1"
+            for i, a in enumerate([0.0, 0.0004, 0.003, 0.02, 0.09])
+        ]
+        (tmp_path / f"{model}_images.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "size.png"
+    assert plots.main(["size", "--results", str(tmp_path), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG)
+    assert plots.main(["size", "--results", str(tmp_path), "--mode", "pad"]) == 2
+    assert "no pad results" in capsys.readouterr().err

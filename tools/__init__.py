@@ -19,8 +19,8 @@ from torch import nn
 from data import DatasetError
 from engine.checkpoint import CheckpointError, WriteError, load_model
 from engine.config import ConfigError
+from engine.inference_modes import size_multiple
 from engine.setup import pick_device as engine_pick_device
-from engine.setup import size_multiple
 from models import optimize_for_inference
 
 DEMO_RUNS = Path("runs/demo")
@@ -98,7 +98,7 @@ def load_for_inference(
 def input_size(ckpt: dict[str, Any], size: list[int] | None, model: nn.Module) -> tuple[int, int]:
     """The (height, width) to feed ``model``: ``size`` or the size it was trained at.
 
-    Sides must be multiples of the model's own multiple (engine.setup.size_multiple).
+    Sides must be multiples of the model's own multiple (engine.inference_modes.size_multiple).
     """
     if size is None:
         size = ((ckpt.get("config") or {}).get("dataset") or {}).get("image_size")

@@ -3,6 +3,7 @@
     python plots.py curves runs/dasnet runs/unet [--out figures/curves.png]
     python plots.py grid --models dasnet unet [--demo] [--checkpoints A.pt B.pt] [--n 4]
     python plots.py tradeoff [--results results | --demo] [--reference final|first|none]
+    python plots.py size [--demo | --results results] [--mode pad] [--out figures/size.png]
 
 The grid's rows are test images that show a UAV, half visible and half infrared, spread over
 the split in a fixed order; its columns are the input, the ground truth and each model's mask
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ import numpy as np
 
 from data import UAVSegDataset
 from data.decode import open_file, read_pair
+from engine.breakdown import SIZE_BINS
 from engine.checkpoint import atomic_write
+from engine.inference_modes import MODES
 from models import MODEL_NAMES
 
 from . import (
@@ -324,13 +328,18 @@ def parser() -> argparse.ArgumentParser:
         "--single-run", action="store_true", help="ignore multi-seed results (see report.py)"
     )
     tradeoff.add_argument("--out", default="figures/tradeoff.png")
+    size = sub.add_parser("size", help="IoU against UAV area, one point per test image")
+    size.add_argument("--results", help="folder of results files (default: results)")
+    size.add_argument("--demo", action="store_true", help="read results/demo")
+    size.add_argument("--mode", default="resize", choices=MODES, help="the test.mode to plot")
+    size.add_argument("--out", default="figures/size.png")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of plots.py."""
     args = parser().parse_args(argv)
-    commands = {"curves": _curves, "grid": _grid, "tradeoff": _tradeoff}
+    commands = {"curves": _curves, "grid": _grid, "tradeoff": _tradeoff, "size": _size}
     return run_cli(lambda: commands[args.command](args))
 
 
@@ -387,4 +396,66 @@ def _tradeoff(args: argparse.Namespace) -> int:
     note = REFERENCE_NOTES.get(args.reference, "").split(":")[0]
     out = plot_tradeoff(results, reference, Path(args.out), note)
     print(f"trade-off of {len(results)} models (ours) and {len(reference)} published -> {out}")
+    return 0
+
+
+def read_per_image(folder: Path, mode: str) -> dict[str, list[dict[str, str]]]:
+    """Each model's per-image CSV (``<results stem>_images.csv``) for results of ``mode``."""
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ToolError(f"results file '{path}' cannot be read: {exc}") from None
+        if not isinstance(data, dict) or data.get("model") not in MODEL_NAMES:
+            continue
+        if (data.get("protocol") or {}).get("mode", "resize") != mode:
+            continue
+        table = path.with_name(f"{path.stem}_images.csv")
+        if not table.is_file():
+            raise ToolError(
+                f"'{path}' has no per-image CSV '{table}'; re-run python test_{data['model']}.py"
+            )
+        with open(table, newline="") as f:
+            found[data["model"]] = list(csv.DictReader(f))
+    return found
+
+
+def plot_size(tables: dict[str, list[dict[str, str]]], out: Path, mode: str) -> Path:
+    """IoU against ground-truth UAV area (log axis), one point per image, one colour per model;
+    frames without a UAV cannot sit on a log axis and are counted in the legend instead."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, rows in tables.items():
+        area = np.array([float(r["uav_area"]) for r in rows])
+        iou_ = np.array([float(r["iou"]) for r in rows])
+        shown = area > 0
+        ax.scatter(
+            area[shown],
+            iou_[shown],
+            s=9,
+            alpha=0.6,
+            label=f"{model} ({shown.sum()} images; {(~shown).sum()} without a UAV)",
+        )
+    for _, low, _ in SIZE_BINS[1:]:
+        ax.axvline(low, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("ground-truth UAV area (fraction of the frame)")
+    ax.set_ylabel("IoU")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"IoU by UAV size, test split, test.mode {mode}")
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, out)
+
+
+def _size(args: argparse.Namespace) -> int:
+    folder = Path(args.results or ("results/demo" if args.demo else "results"))
+    tables = read_per_image(folder, args.mode)
+    if not tables:
+        raise ToolError(
+            f"no {args.mode} results with a per-image CSV in '{folder}'; run a test script first, "
+            f"e.g. python test_dasnet.py{' --demo' if args.demo else ''} test.mode={args.mode}"
+        )
+    out = plot_size(tables, Path(args.out), args.mode)
+    print(f"IoU by UAV size of {len(tables)} models -> {out}")
     return 0

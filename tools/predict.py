@@ -4,7 +4,9 @@
     python predict.py --model dasnet --demo          # a few demo test images, demo checkpoint
 
 Frames are resized to the model's input size (the size it was trained at unless ``--size``),
-run in batches, and the prediction is resized back: ``<stem>_mask.png`` (0/255) and
+run in batches, and the prediction is resized back (``--mode resize``); ``--mode pad`` runs each
+frame at its native resolution and ``--mode slide`` in tiles (engine/inference_modes.py). Either
+way the outputs are ``<stem>_mask.png`` (0/255) and
 ``<stem>_overlay.png`` (mask tinted red, contour yellow) at the original size. A video gives
 ``<stem>_overlay.mp4`` (same frames, size and rate) and its masks in ``<stem>_masks/``.
 Images found in a folder keep their sub-folders under ``--out``.
@@ -28,6 +30,15 @@ from tqdm import tqdm
 
 from data.decode import decode_image, open_file, probe_file
 from engine.checkpoint import atomic_write
+from engine.inference_modes import (
+    DEFAULT_KEYS,
+    MODES,
+    PADDINGS,
+    ModeError,
+    Segmenter,
+    check_frame,
+    make_settings,
+)
 from engine.losses import main_logits
 from models import MODEL_NAMES
 
@@ -123,16 +134,40 @@ def to_input(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Predictor:
-    """A model, its input size, device and threshold: frames in, masks at frame size out."""
+    """A model, an inference mode, device and threshold: frames in, masks at frame size out.
+
+    ``mode`` is one of ``engine.inference_modes.MODES``: ``resize`` (to ``size``, the paper's
+    protocol), ``pad`` (native resolution, padded to the model's multiple) or ``slide`` (tiles
+    of ``tile`` every ``stride`` pixels). A combination that cannot work raises ModeError.
+    """
 
     def __init__(
-        self, model: nn.Module, size: tuple[int, int], device: torch.device, threshold: float = 0.5
+        self,
+        model: nn.Module,
+        size: tuple[int, int] | None,
+        device: torch.device,
+        threshold: float = 0.5,
+        *,
+        mode: str = "resize",
+        tile: tuple[int, int] | None = None,
+        stride: tuple[int, int] | None = None,
+        padding: str = "reflect",
+        scale: float = 1.0,
+        tile_batch: int = 8,
+        keys: dict[str, str] = DEFAULT_KEYS,
     ) -> None:
         self.model, self.size, self.device, self.threshold = model, size, device, threshold
+        settings = make_settings(
+            mode, size if mode == "resize" else None, tile, stride, padding, scale, tile_batch
+        )
+        self.segmenter = Segmenter(model, settings, keys)
+        self.mode = mode
 
     @torch.inference_mode()
     def __call__(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         """HxWx3 uint8 frames (any sizes) -> HxW bool masks at each frame's own size."""
+        if self.mode != "resize":
+            return [self._native(frame) for frame in frames]
         batch = torch.stack([to_input(f, self.size) for f in frames]).to(self.device)
         logits = main_logits(self.model(batch)).float()
         masks = []
@@ -142,6 +177,12 @@ class Predictor:
             )
             masks.append((torch.sigmoid(full[0, 0]) > self.threshold).cpu().numpy())
         return masks
+
+    def _native(self, frame: np.ndarray) -> np.ndarray:
+        """pad or slide: one frame at its own resolution (slide batches its tiles)."""
+        image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+        logits = self.segmenter(image[None].to(self.device).float().div_(255))
+        return (torch.sigmoid(logits[0, 0]) > self.threshold).cpu().numpy()
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -280,7 +321,26 @@ def parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="model input size (default: the size the checkpoint was trained at)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="resize",
+        help="resize: to the model's input size (the paper's); pad: native resolution, padded to "
+        "the model's multiple; slide: tiles over the native frame (see engine/inference_modes.py)",
+    )
+    p.add_argument(
+        "--tile",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="slide: tile size (default: the size the checkpoint was trained at)",
+    )
+    p.add_argument(
+        "--stride", nargs=2, type=int, metavar=("H", "W"), help="slide: default half the tile"
+    )
+    p.add_argument("--padding", choices=PADDINGS, default="reflect", help="pad, slide")
+    p.add_argument("--scale", type=float, default=1.0, help="pad, slide: rescale frames first")
+    p.add_argument("--batch-size", type=int, default=8, help="frames (resize) or tiles (slide)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     return p
@@ -290,6 +350,45 @@ def main(argv: list[str] | None = None) -> int:
     """Command line of predict.py."""
     args = parser().parse_args(argv)
     return run_cli(lambda: _run(args))
+
+
+CLI_KEYS = {
+    "mode": "--mode",
+    "size": "--size",
+    "tile": "--tile",
+    "stride": "--stride",
+    "padding": "--padding",
+    "scale": "--scale",
+    "tile_batch": "--batch-size",
+}
+
+
+def make_predictor(
+    model: nn.Module, ckpt: dict, device: torch.device, args: argparse.Namespace
+) -> Predictor:
+    """The Predictor the command line asks for; a combination that cannot work is a ToolError."""
+    if args.mode != "resize" and args.size:
+        raise ToolError(f"--size applies only to --mode resize, not {args.mode}")
+    size = input_size(ckpt, args.size, model) if args.mode == "resize" else None
+    tile = args.tile
+    if args.mode == "slide" and tile is None:
+        tile = input_size(ckpt, None, model)
+    try:
+        return Predictor(
+            model,
+            size,
+            device,
+            args.threshold,
+            mode=args.mode,
+            tile=tile,
+            stride=args.stride,
+            padding=args.padding,
+            scale=args.scale,
+            tile_batch=args.batch_size,
+            keys=CLI_KEYS,
+        )
+    except ModeError as exc:
+        raise ToolError(str(exc)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -306,12 +405,17 @@ def _run(args: argparse.Namespace) -> int:
     path = checkpoint_for(args.model, args.checkpoint, args.demo)
     device = pick_device(args.device)
     model, ckpt = load_for_inference(path, args.model, device)
-    size = input_size(ckpt, args.size, model)
-    predictor = Predictor(model, size, device, args.threshold)
+    predictor = make_predictor(model, ckpt, device, args)
     out = Path(args.out)
-    logger.info("%s from %s at %dx%d on %s", ckpt["model_name"], path, *size, device)
+    logger.info("%s from %s, mode %s on %s", ckpt["model_name"], path, args.mode, device)
     images = [job for job in jobs if not job.is_video]
     videos = [job for job in jobs if job.is_video]
+    for job in images:  # a frame the mode cannot take is refused before anything is written
+        width, height = probe_file(str(job.path), "image")
+        try:
+            check_frame(predictor.segmenter.settings, height, width, CLI_KEYS)
+        except ModeError as exc:
+            raise ToolError(f"input '{job.path}': {exc}") from None
     written = predict_images(predictor, images, out, args.batch_size) if images else 0
     frames = sum(predict_video(predictor, job, out, args.batch_size) for job in videos)
     print(f"{written} images and {len(videos)} videos ({frames} frames) -> {out}")

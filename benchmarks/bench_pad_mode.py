@@ -1,0 +1,83 @@
+"""Benchmark test.mode=pad: a 1920x1080 frame through the Segmenter against one plain forward of
+the padded 1920x1152 frame (what the pixels cost without the mode's padding and cropping).
+
+    python benchmarks/bench_pad_mode.py [--model dasnet] [--rounds 5] [--device cpu]
+
+Both sides run interleaved in one process, on the same optimised model, after one warm-up each;
+the ratio is of the medians. Target (issue 15): pad <= 1.2x the plain forward. A slide with one
+whole-frame tile is timed too (it must cost what pad costs: one forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.inference_modes import Segmenter, make_settings, pad_to, size_multiple  # noqa: E402
+from engine.losses import main_logits  # noqa: E402
+from models import MODEL_NAMES, build_model, optimize_for_inference  # noqa: E402
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="dasnet", choices=MODEL_NAMES)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", nargs=2, type=int, default=[1080, 1920], metavar=("H", "W"))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    kwargs = {"encoder_weights": None} if args.model in ("unet", "pan", "pspnet") else {}
+    model = optimize_for_inference(build_model(args.model, **kwargs).to(device).eval())
+    m = size_multiple(model)
+    h, w = args.size
+    frame = torch.rand(1, 3, h, w, device=device)
+    padded = pad_to(frame, -(-h // m) * m, -(-w // m) * m, "reflect")
+    pad = Segmenter(model, make_settings("pad"))
+    slide = Segmenter(model, make_settings("slide", tile=tuple(padded.shape[-2:])))
+
+    def plain() -> None:
+        with torch.inference_mode():
+            main_logits(model(padded)).float()
+
+    sides = {
+        "plain forward": plain,
+        "pad": lambda: pad(frame),
+        "slide, one tile": lambda: slide(frame),
+    }
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for fn in sides.values():  # warm-up: buffers, workspace
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in sides.items():
+            times[name].append(timed(fn, device))
+    base = statistics.median(times["plain forward"])
+    print(
+        f"{args.model} on {device} ({torch.get_num_threads()} threads), frame {h}x{w}, "
+        f"padded {padded.shape[-2]}x{padded.shape[-1]}, median of {args.rounds} interleaved rounds"
+    )
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"  {name:16s} {median * 1000:9.1f} ms   {median / base:.3f}x the plain forward")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
