@@ -291,3 +291,30 @@ def model_overrides(cfg: DictConfig) -> dict[str, Any]:
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML (saved beside every run)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a resolved container (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_diff(base: DictConfig, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """The resolved leaves where ``cfg`` differs from ``base``: ``{key: (base value, value)}``."""
+    a, b = (_flat(OmegaConf.to_container(c, resolve=True, enum_to_str=True)) for c in (base, cfg))
+    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+
+
+def format_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    """One compact line: ``key=value (was base)`` for each difference, in key order."""
+
+    def show(value: Any) -> str:
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return str(value)
+
+    return ", ".join(f"{k}={show(v)} (was {show(old)})" for k, (old, v) in sorted(diff.items()))
