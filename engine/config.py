@@ -58,7 +58,7 @@ class DatasetConfig:
     test_max_samples: int | None = None
     seed: int = 42  # draws the subsets, initialises the model and shuffles the batches
     mask_resize: MaskResize = MaskResize.bilinear
-    augment: bool = False
+    augment: str = "none"  # none, or flip, scale, color joined by '+' (data/augment.py)
     skip_unreadable: bool = False
     batch_size: int = 24
     num_workers: int = 4
@@ -255,6 +255,7 @@ def validate(cfg: DictConfig) -> None:
         "dataset.image_size",
         "must be [height, width] with positive sides",
     )
+    need(_augment_ok(d.augment), "dataset.augment", "none, or flip, scale, color joined by '+'")
     need(d.batch_size >= 1, "dataset.batch_size", "must be >= 1")
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     for key in ("dataset.max_samples", "dataset.val_max_samples", "dataset.test_max_samples"):
@@ -268,6 +269,16 @@ def validate(cfg: DictConfig) -> None:
         "valid: auto, cpu, cuda, cuda:N, mps",
     )
     model_overrides(cfg)
+
+
+def _augment_ok(spec: str) -> bool:
+    from data.augment import parse_augment
+
+    try:
+        parse_augment(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def model_overrides(cfg: DictConfig) -> dict[str, Any]:
