@@ -42,6 +42,7 @@ from .cpu import keep_freed_memory
 from .evaluate import check_image_size, validate
 from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import SegmentationLoss
+from .visuals import log_examples
 
 logger = logging.getLogger(__name__)
 
@@ -465,6 +466,7 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
                 write_csv(csv_path, rows)
                 for key in ("train_loss", "val_loss", "precision", "recall", "dice", "miou", "lr"):
                     writer.add_scalar(key, float(row[key]), epoch)
+                log_examples(writer, core, val_set, cfg, device, epoch)
                 writer.flush()
                 if improved:
                     save_checkpoint(best_path, state(epoch, 0, finished, full=False))
