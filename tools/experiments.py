@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,20 @@ def plan(
                 raise ToolError(f"experiment '{name}', arm '{label}': {exc}") from None
             arm_keys[(name, label)] = key
             for seed in seeds:
-                if (key, seed) not in runs:
-                    device = devices[len(runs) % len(devices)]
-                    runs[(key, seed)] = Run(key, merged, seed, device)
+                runs.setdefault((key, seed), Run(key, merged, seed, devices[0]))
+    # Seed by seed, so that a run cut short by a time budget leaves whole seeds behind.
+    runs = dict(sorted(runs.items(), key=lambda item: seeds.index(item[0][1])))
+    for k, run in enumerate(runs.values()):
+        run.device = devices[k % len(devices)]
     return runs, arm_keys
 
 
-def execute(run: Run, runs_dir: Path, results_dir: Path, threads: int) -> Run:
-    """Train then test one run in subprocesses, logging to ``<run folder>/log.txt``."""
+def execute(run: Run, runs_dir: Path, results_dir: Path, threads: int, deadline: float) -> Run:
+    """Train then test one run in subprocesses, logging to ``<run folder>/log.txt``; a run
+    that would start after ``deadline`` (time.perf_counter) is not started."""
+    if time.perf_counter() > deadline:
+        run.error = "not started: --budget-minutes reached"
+        return run
     run_dir = runs_dir / run.key / f"seed{run.seed}"
     out_dir = results_dir / run.key / f"seed{run.seed}"
     args = [
@@ -198,9 +205,13 @@ def render(
         arm_runs = {
             label: [runs[(arm_keys[(name, label)], s)] for s in seeds] for label in (la, lb)
         }
-        failed = [r for rs in arm_runs.values() for r in rs if r.error]
+        failed = [r for rs in arm_runs.values() for r in rs if r.result is None]
         if failed:
-            lines += ["Not measured: " + "; ".join(f"seed {r.seed}: {r.error}" for r in failed), ""]
+            lines += [
+                "Not measured: "
+                + "; ".join(f"{r.key} seed {r.seed}: {r.error or 'running'}" for r in failed),
+                "",
+            ]
             continue
         results = {label: {r.seed: r.result for r in rs} for label, rs in arm_runs.items()}
         seed_report = render_markdown(results, seeds, [(lb, la)])
@@ -256,6 +267,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--threads", type=int, help="CPU threads per run (default: cores / jobs)")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="start no run after this many minutes (the report says which were not run)",
+    )
     p.add_argument("--runs-dir", default="runs/demo/experiments")
     p.add_argument("--results-dir", default="results/demo/experiments")
     p.add_argument("--out", default="docs/experiments.md")
@@ -280,30 +296,39 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     from engine.loaders import ensure_demo_data
 
+    device = _device_name(args.device[0])
+
     ensure_demo_data(load_config(MODEL, overrides=list(args.overrides), demo=True))
     logger.info("%d runs (%d jobs, %d threads each)", len(runs), args.jobs, threads)
     started = time.perf_counter()
+    deadline = math.inf if args.budget_minutes is None else started + 60 * args.budget_minutes
+    out = Path(args.out)
+
+    def write_report() -> None:
+        minutes = (time.perf_counter() - started) / 60
+        header = [
+            "# Experiments: kernel-bank initialisation and augmentation (DAS-Net, demo data)",
+            "",
+            f"Written by `python experiments.py {shlex.join(argv)}` "
+            f"({len(runs)} runs, {minutes:.1f} min on {device} with {args.jobs} at a time). "
+            f"Each run: `train_{MODEL}.py --demo` then `test_{MODEL}.py --demo` with the "
+            f"overrides below and `{shlex.join(common_overrides(args))}`; test mIoU/Dice of "
+            f"the best checkpoint (lowest validation loss) on the demo test split.",
+        ]
+        atomic_write_text(out, render(experiments, runs, arm_keys, seeds, header))
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = pool.map(
-            lambda r: execute(r, Path(args.runs_dir), Path(args.results_dir), threads),
-            runs.values(),
-        )
-        for run in done:
+        futures = [
+            pool.submit(
+                execute, run, Path(args.runs_dir), Path(args.results_dir), threads, deadline
+            )
+            for run in runs.values()
+        ]
+        for future in as_completed(futures):
+            run = future.result()
             status = run.error or f"mIoU {run.result['overall']['miou']:.4f}"
             print(f"{run.key} seed {run.seed}: {status} ({run.seconds:.0f} s)", flush=True)
-    minutes = (time.perf_counter() - started) / 60
-    device = _device_name(args.device[0])
-    header = [
-        "# Experiments: kernel-bank initialisation and augmentation (DAS-Net, demo data)",
-        "",
-        f"Written by `python experiments.py {shlex.join(argv)}` "
-        f"({len(runs)} runs, {minutes:.1f} min on {device}). Each run: "
-        f"`train_{MODEL}.py --demo` then `test_{MODEL}.py --demo` with the overrides below "
-        f"and `{shlex.join(common_overrides(args))}`; test mIoU/Dice of the best checkpoint "
-        f"(lowest validation loss) on the demo test split.",
-    ]
-    out = Path(args.out)
-    atomic_write_text(out, render(experiments, runs, arm_keys, seeds, header))
+            write_report()  # after every run: a call cut short still leaves its numbers
     print(f"report -> {out}")
     failed = [r for r in runs.values() if r.error]
     if failed:
