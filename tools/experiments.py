@@ -306,11 +306,14 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     def write_report() -> None:
         minutes = (time.perf_counter() - started) / 60
+        took = sorted(r.seconds for r in runs.values() if r.result is not None)
+        each = f", {took[0]:.0f}-{took[-1]:.0f} s per run" if took else ""
         header = [
             "# Experiments: kernel-bank initialisation and augmentation (DAS-Net, demo data)",
             "",
             f"Written by `python experiments.py {shlex.join(argv)}` "
-            f"({len(runs)} runs, {minutes:.1f} min on {device} with {args.jobs} at a time). "
+            f"({len(runs)} runs, {minutes:.1f} min on {device} with {args.jobs} at a time"
+            f"{each}). "
             f"Each run: `train_{MODEL}.py --demo` then `test_{MODEL}.py --demo` with the "
             f"overrides below and `{shlex.join(common_overrides(args))}`; test mIoU/Dice of "
             f"the best checkpoint (lowest validation loss) on the demo test split.",
