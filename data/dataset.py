@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
+from .augment import apply_augment, make_augment
 from .decode import MASK_RESIZES, MaskSizeError, probe_pair, read_pair
 from .index import Group, SplitIndex, frame_id, load_index
 from .layout import MODALITIES, SPLITS, DatasetError, check_choice
@@ -71,13 +71,6 @@ class SplitStats(Mapping):
         return asdict(self)
 
 
-def default_augment() -> Callable:
-    """Mild training augmentation: horizontal flip and photometric jitter (image only)."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.2, contrast=0.2)])
-
-
 class UAVSegDataset(Dataset):
     """One split of the UAV dataset; an item is ``{"image", "mask", "modality", "name"}``.
 
@@ -85,8 +78,9 @@ class UAVSegDataset(Dataset):
     ``image_size`` is (height, width); ``max_samples`` keeps a random subset drawn with ``seed``.
     ``skip_unreadable`` checks every kept pair up front (headers and file ends) and drops the
     unreadable, truncated or mis-sized ones, counting them in ``stats``; otherwise a bad file
-    raises DatasetError when loaded. ``augment`` is False, True (``default_augment``) or a
-    torchvision.transforms.v2 transform called on (tv_tensors.Image, tv_tensors.Mask).
+    raises DatasetError when loaded. ``augment`` is False, a name such as ``"flip+scale"`` (see
+    ``data.augment``; True is its default), or a torchvision.transforms.v2 transform called on
+    (tv_tensors.Image, tv_tensors.Mask).
     ``cache`` is True, False or a folder for the file index (see ``data.index``).
     """
 
@@ -100,7 +94,7 @@ class UAVSegDataset(Dataset):
         seed: int = 42,
         mask_resize: str = "bilinear",
         skip_unreadable: bool = False,
-        augment: bool | Callable = False,
+        augment: bool | str | Callable = False,
         cache: bool | str | Path = True,
     ) -> None:
         check_choice("split", split, SPLITS)
@@ -115,7 +109,7 @@ class UAVSegDataset(Dataset):
         self.root, self.split, self.modality = Path(root), split, modality
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.mask_resize = mask_resize
-        self.transform = default_augment() if augment is True else (augment or None)
+        self.transform = make_augment(augment)
 
         self.index: SplitIndex = load_index(root, split, cache=cache)
         modalities = MODALITIES if modality == "both" else (modality,)
@@ -209,10 +203,7 @@ class UAVSegDataset(Dataset):
         )
         mask = mask.unsqueeze(0)
         if self.transform is not None:
-            from torchvision import tv_tensors
-
-            image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-            image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+            image, mask = apply_augment(self.transform, image, mask, g.modality)
         return {
             "image": image.float().div_(255),
             "mask": mask.float(),

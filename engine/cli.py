@@ -18,8 +18,10 @@ from models import PretrainedWeightsError
 
 from . import distributed as dist
 from .checkpoint import CheckpointError, WriteError
-from .config import ConfigError, load_config
+from .config import ConfigError, config_diff, format_diff, load_config, to_yaml
 from .runfolder import RunFolderError
+
+logger = logging.getLogger(__name__)
 
 EXPECTED_ERRORS = (
     ConfigError,
@@ -46,6 +48,11 @@ def _parser(script: str, model: str, train: bool) -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="generated demo data, 128x128, few epochs, outputs under runs/demo",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML and exit (creates nothing, reads no data)",
     )
     if train:
         p.add_argument(
@@ -111,6 +118,12 @@ def run_script(model: str, train: bool, argv: Sequence[str] | None = None) -> in
     )
     try:
         cfg = load_config(model, args.config, overrides, demo=args.demo)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        diff = format_diff(config_diff(load_config(model, args.config), cfg))
+        source = args.config or f"configs/config_{model}.yaml"
+        logger.info("config: %s", f"{source} with {diff}" if diff else f"{source} as is")
         if train:
             summary = train_run(cfg, command=train_command)
             if dist.is_main():

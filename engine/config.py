@@ -73,7 +73,7 @@ class DatasetConfig:
     test_max_samples: int | None = None
     seed: int = 42  # draws the subsets, initialises the model and shuffles the batches
     mask_resize: MaskResize = MaskResize.bilinear
-    augment: bool = False
+    augment: str = "none"  # none, or flip, scale, color joined by '+' (data/augment.py)
     skip_unreadable: bool = False
     batch_size: int = 24
     num_workers: int = 4
@@ -288,6 +288,7 @@ def validate(cfg: DictConfig) -> None:
         "dataset.image_size",
         "must be [height, width] with positive sides",
     )
+    need(_augment_ok(d.augment), "dataset.augment", "none, or flip, scale, color joined by '+'")
     need(d.batch_size >= 1, "dataset.batch_size", "must be >= 1")
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(d.prefetch_factor >= 1, "dataset.prefetch_factor", "must be >= 1")
@@ -358,6 +359,16 @@ def validate_test_mode(cfg: DictConfig) -> None:
     )
 
 
+def _augment_ok(spec: str) -> bool:
+    from data.augment import parse_augment
+
+    try:
+        parse_augment(spec)
+    except ValueError:
+        return False
+    return True
+
+
 def model_overrides(cfg: DictConfig) -> dict[str, Any]:
     """The keyword arguments for models.build_model: the model keys that are set."""
     from models import BASELINES, valid_overrides
@@ -379,3 +390,30 @@ def model_overrides(cfg: DictConfig) -> dict[str, Any]:
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML (saved beside every run)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of a resolved container (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_diff(base: DictConfig, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """The resolved leaves where ``cfg`` differs from ``base``: ``{key: (base value, value)}``."""
+    a, b = (_flat(OmegaConf.to_container(c, resolve=True, enum_to_str=True)) for c in (base, cfg))
+    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
+
+
+def format_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    """One compact line: ``key=value (was base)`` for each difference, in key order."""
+
+    def show(value: Any) -> str:
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return str(value)
+
+    return ", ".join(f"{k}={show(v)} (was {show(old)})" for k, (old, v) in sorted(diff.items()))

@@ -48,7 +48,7 @@ def make_dataset(cfg: DictConfig, split: str) -> UAVSegDataset:
         seed=d.seed,
         mask_resize=d.mask_resize.value,
         skip_unreadable=d.skip_unreadable,
-        augment=d.augment and split == "train",
+        augment=d.augment if split == "train" else "none",
     )
 
 

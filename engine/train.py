@@ -42,6 +42,7 @@ from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import SegmentationLoss
 from .runfolder import RunFolder, RunFolderError
 from .setup import autocast, build, saved_kwargs, seed_everything, setup_device
+from .visuals import log_examples
 
 logger = logging.getLogger(__name__)
 
@@ -560,6 +561,7 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
                 if dist.is_main():
                     lr = learner.optimizer.param_groups[0]["lr"]
                     seconds = time.perf_counter() - started
+                    log_examples(writer, model, val_set, cfg, device, epoch)
                     record_epoch(
                         run_dir, writer, progress, epoch, train_loss, val, lr, seconds, improved
                     )

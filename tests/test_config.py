@@ -16,7 +16,7 @@ def test_each_config_states_the_papers_recipe(name):
     assert cfg.model.name == name
     assert list(d.image_size) == [512, 512] and d.modality.value == "both"
     assert (d.max_samples, d.val_max_samples, d.test_max_samples, d.seed) == (20000, 1000, None, 42)
-    assert d.batch_size == 24 and d.mask_resize.value == "bilinear" and not d.augment
+    assert d.batch_size == 24 and d.mask_resize.value == "bilinear" and d.augment == "none"
     assert (t.epochs, t.lr, t.weight_decay, t.aux_weight, t.threshold) == (50, 1e-4, 0.01, 0.4, 0.5)
     assert (t.scheduler.factor, t.scheduler.patience, t.scheduler.cooldown) == (0.5, 15, 5)
     assert (t.early_stopping.patience, t.early_stopping.min_delta) == (30, 0.001)

@@ -66,7 +66,11 @@ def test_training_writes_checkpoints_logs_and_a_loadable_best(trained):
     assert last["epoch"] == len(rows) - 1
     val_losses = [float(r.split(",")[2]) for r in rows[1:]]
     assert best["epoch"] == 1 + val_losses.index(min(val_losses))  # lowest validation loss
-    assert any((run_dir / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0}).Reload()
+    assert len(events.Images("val/examples")) == len(rows) - 1  # one picture per epoch
+    assert len(events.Scalars("miou")) == len(rows) - 1
 
 
 @pytest.mark.slow

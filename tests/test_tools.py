@@ -478,3 +478,21 @@ def test_size_plot_from_per_image_csvs(tmp_path, capsys):
     assert out.read_bytes().startswith(PNG)
     assert plots.main(["size", "--results", str(tmp_path), "--mode", "pad"]) == 2
     assert "no pad results" in capsys.readouterr().err
+
+
+def test_a_small_uav_gets_a_zoom_box_around_it_and_a_large_one_none():
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[190:195, 296:300] = True  # 5x4 pixels at the corner
+    top, bottom, left, right = plots.zoom_box(mask)
+    assert bottom - top == right - left == 24 and bottom <= 200 and right <= 300
+    assert mask[top:bottom, left:right].sum() == mask.sum()  # all of the UAV in the inset
+    large = np.zeros((200, 300), dtype=bool)
+    large[50:90, 100:160] = True
+    assert plots.zoom_box(large) is None and plots.zoom_box(np.zeros((8, 8), bool)) is None
+
+
+def test_curves_mark_a_deep_supervision_objective(tmp_path):
+    (tmp_path / "config.yaml").write_text("model:\n  name: dasnet\n")
+    assert plots.deep_supervised(tmp_path) and not plots.deep_supervised(tmp_path / "x")
+    (tmp_path / "config.yaml").write_text("model:\n  name: unet\n")
+    assert not plots.deep_supervised(tmp_path)

@@ -6,10 +6,13 @@
     python plots.py size [--demo | --results results] [--mode pad] [--out figures/size.png]
 
 The grid's rows are test images that show a UAV, half visible and half infrared, spread over
-the split in a fixed order; its columns are the input, the ground truth and each model's mask
-(titled with its IoU on that image). The trade-off figure puts each model's mIoU against its
-parameters (log scale) and its FPS, ours filled, the published table's hollow, with the Pareto
-fronts (no other model is both smaller or faster and more accurate) drawn through them.
+the split in a fixed order; its columns are the frame with the ground truth outlined, then the
+frame with each model's prediction outlined (titled with its IoU on that image), with a zoomed
+inset where the UAV is small. The curves compare the validation loss (the main head's, for every
+model) and mIoU, with integer epoch ticks; the training objective has its own panel. The
+trade-off figure puts each model's mIoU against its parameters (log scale) and its FPS, ours
+filled, the published table's hollow, with the Pareto fronts (no other model is both smaller or
+faster and more accurate) drawn through them.
 """
 
 from __future__ import annotations
@@ -89,18 +92,51 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [str(Path(*p.resolve().parts[-2:])) for p in folders]
 
 
+def deep_supervised(run_dir: Path) -> bool:
+    """Whether a run's model trains with auxiliary heads (from its config.yaml, if there)."""
+    from models import VARIANTS
+
+    config = (run_dir.parent if run_dir.suffix == ".csv" else run_dir) / "config.yaml"
+    if not config.is_file():
+        return False
+    import yaml
+
+    name = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("name")
+    return bool(VARIANTS.get(name, {}).get("deep_supervision"))
+
+
 def plot_curves(run_dirs: list[Path], out: Path) -> Path:
-    """Train and val loss, and val mIoU, per epoch: one colour per run."""
+    """Per epoch, one colour per run: validation loss and mIoU, then the training objective.
+
+    The validation loss is the main head's Dice for every model, so runs compare like with like;
+    the training objective of a deep-supervision model adds 0.4 x each auxiliary head's loss and
+    is larger by construction, so it has its own panel and is marked.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
-    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (val_ax, miou_ax, train_ax) = plt.subplots(1, 3, figsize=(15, 4))
     for label, run_dir in zip(run_labels(run_dirs), run_dirs, strict=True):
         m = read_metrics(run_dir)
-        line = loss_ax.plot(m["epoch"], m["train_loss"], label=f"{label} train")[0]
-        loss_ax.plot(m["epoch"], m["val_loss"], "--", color=line.get_color(), label=f"{label} val")
+        line = val_ax.plot(m["epoch"], m["val_loss"], marker=".", label=label)[0]
         miou_ax.plot(m["epoch"], m["miou"], color=line.get_color(), marker=".", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss (solid: train, dashed: val)")
+        aux = deep_supervised(run_dir)
+        train_ax.plot(
+            m["epoch"],
+            m["train_loss"],
+            "--" if aux else "-",
+            color=line.get_color(),
+            label=f"{label} (main + aux)" if aux else label,
+        )
+    val_ax.set(xlabel="epoch", ylabel="Dice loss", title="Validation loss (main head)")
     miou_ax.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU")
-    for ax in (loss_ax, miou_ax):
+    train_ax.set(
+        xlabel="epoch",
+        ylabel="loss",
+        title="Training objective (dashed: + 0.4 x aux heads)",
+    )
+    for ax in (val_ax, miou_ax, train_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, out)
@@ -142,6 +178,60 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
 
 
+TRUTH_COLOUR, PREDICTION_COLOUR = "#33e04d", "#ff3b2f"
+
+
+def zoom_box(mask: np.ndarray, small: float = 0.15, context: int = 4) -> tuple[int, ...] | None:
+    """(top, bottom, left, right) of a square around a small UAV, None when it is large or absent.
+
+    Small: the UAV's longer side is under ``small`` of the frame's shorter side; the square is
+    ``context`` times that side (at least 24 pixels), kept inside the frame.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    height, width = mask.shape
+    extent = max(np.ptp(ys), np.ptp(xs)) + 1
+    if extent >= small * min(height, width):
+        return None
+    side = min(max(context * extent, 24), height, width)
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    top = int(np.clip(cy - side // 2, 0, height - side))
+    left = int(np.clip(cx - side // 2, 0, width - side))
+    return top, top + side, left, left + side
+
+
+def draw_cell(ax, frame: np.ndarray, outlines: list[tuple[np.ndarray, str]], zoom) -> None:
+    """The frame with each mask drawn as an outline; a zoomed inset over ``zoom`` if given."""
+
+    def draw(target, crop: tuple[slice, slice], width: float) -> None:
+        target.imshow(frame[crop], interpolation="nearest")
+        for mask, colour in outlines:
+            part = mask[crop]
+            if part.any() and not part.all():
+                target.contour(part.astype(float), levels=[0.5], colors=colour, linewidths=width)
+
+    draw(ax, (slice(None), slice(None)), 0.8)
+    if zoom is not None:
+        top, bottom, left, right = zoom
+        height, width = frame.shape[:2]
+        # In the corner away from the UAV, so that the inset does not hide it.
+        x = 0.02 if (left + right) / 2 > width / 2 else 0.6
+        y = 0.02 if (top + bottom) / 2 < height / 2 else 0.6  # axes y grows upwards
+        inset = ax.inset_axes([x, y, 0.38, 0.38])
+        draw(inset, (slice(top, bottom), slice(left, right)), 1.2)
+        inset.set_xticks([])
+        inset.set_yticks([])
+        for spine in inset.spines.values():
+            spine.set_edgecolor("yellow")
+        ax.add_patch(
+            _pyplot().Rectangle(
+                (left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec="yellow", lw=0.8
+            )
+        )
+    ax.axis("off")
+
+
 def plot_grid(
     models: list[tuple[str, Any, tuple[int, int]]],
     root: Path,
@@ -150,7 +240,12 @@ def plot_grid(
     threshold: float = 0.5,
     device: str = "auto",
 ) -> Path:
-    """The qualitative grid; ``models`` is (label, loaded model, input size) per column."""
+    """The qualitative grid; ``models`` is (label, loaded model, input size) per column.
+
+    Every cell is the frame: the first with the ground truth's outline (green), the others with
+    a model's prediction outlined (red) over the truth; a UAV too small to see at this scale
+    gets a zoomed inset in every cell of its row.
+    """
     dataset = UAVSegDataset(root, "test")
     rows = [dataset.samples[i] for i in pick_rows(dataset, n)]
     frames, truths = [], []
@@ -164,25 +259,17 @@ def plot_grid(
         for _, net, size in models
     ]
     plt = _pyplot()
-    cols = 2 + len(models)
-    fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.0 * n), squeeze=False)
+    cols = 1 + len(models)
+    fig, axes = plt.subplots(n, cols, figsize=(2.8 * cols, 2.0 * n), squeeze=False)
     for r, s in enumerate(rows):
-        cells = [(frames[r], f"{s.sequence}/{s.modality}/{s.frame}"), (truths[r], "ground truth")]
-        cells += [
-            (pred[r], f"{label} (IoU {iou(pred[r], truths[r]):.2f})")
-            for (label, _, _), pred in zip(models, predictions, strict=True)
-        ]
-        for c, (pixels, title) in enumerate(cells):
-            ax = axes[r][c]
-            ax.imshow(
-                pixels,
-                cmap=None if pixels.ndim == 3 else "gray",
-                vmin=0,
-                vmax=None if pixels.ndim == 3 else 1,
-                interpolation="nearest",
-            )
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
+        truth = (truths[r], TRUTH_COLOUR)
+        zoom = zoom_box(truths[r])
+        draw_cell(axes[r][0], frames[r], [truth], zoom)
+        axes[r][0].set_title(f"{s.sequence}/{s.modality}/{s.frame}: truth", fontsize=7)
+        for c, ((label, _, _), pred) in enumerate(zip(models, predictions, strict=True), 1):
+            draw_cell(axes[r][c], frames[r], [truth, (pred[r], PREDICTION_COLOUR)], zoom)
+            axes[r][c].set_title(f"{label} (IoU {iou(pred[r], truths[r]):.2f})", fontsize=7)
+    fig.suptitle("green: ground truth, red: prediction; yellow: zoomed inset", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out)
 
