@@ -144,6 +144,23 @@ class Predictor:
         return masks
 
 
+class OnnxPredictor(Predictor):
+    """A Predictor over an exported ONNX file (onnxruntime, CPU): the same frames in, masks out.
+
+    The input size is the graph's own; a graph fixed to batch 1 runs the frames one by one.
+    """
+
+    def __init__(self, path: Path, threshold: float = 0.5) -> None:
+        from .onnx_deploy import run_onnx, session
+
+        sess = session(path)
+        shape = sess.get_inputs()[0].shape
+        if len(shape) != 4 or not all(isinstance(side, int) for side in shape[2:]):
+            raise ToolError(f"'{path}': input shape {shape} is not N x C x H x W with fixed H, W")
+        onnx_model = lambda batch: torch.from_numpy(run_onnx(sess, batch.numpy()))  # noqa: E731
+        super().__init__(onnx_model, (shape[2], shape[3]), torch.device("cpu"), threshold)
+
+
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The frame with the mask tinted red and its one-pixel contour drawn in yellow."""
     out = frame.astype(np.float32)
@@ -283,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--onnx", metavar="FILE", help="an exported .onnx file instead of a checkpoint")
     return p
 
 
@@ -303,13 +321,19 @@ def _run(args: argparse.Namespace) -> int:
         jobs = demo_inputs()
     else:
         raise ToolError("give at least one INPUT (image, folder or video), or --demo")
-    path = checkpoint_for(args.model, args.checkpoint, args.demo)
-    device = pick_device(args.device)
-    model, ckpt = load_for_inference(path, args.model, device)
-    size = input_size(ckpt, args.size)
-    predictor = Predictor(model, size, device, args.threshold)
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise ToolError(f"--onnx '{args.onnx}' not found")
+        predictor = OnnxPredictor(Path(args.onnx), args.threshold)
+        logger.info("%s at %dx%d on onnxruntime (CPU)", args.onnx, *predictor.size)
+    else:
+        path = checkpoint_for(args.model, args.checkpoint, args.demo)
+        device = pick_device(args.device)
+        model, ckpt = load_for_inference(path, args.model, device)
+        size = input_size(ckpt, args.size)
+        predictor = Predictor(model, size, device, args.threshold)
+        logger.info("%s from %s at %dx%d on %s", ckpt["model_name"], path, *size, device)
     out = Path(args.out)
-    logger.info("%s from %s at %dx%d on %s", ckpt["model_name"], path, *size, device)
     images = [job for job in jobs if not job.is_video]
     videos = [job for job in jobs if job.is_video]
     written = predict_images(predictor, images, out, args.batch_size) if images else 0
