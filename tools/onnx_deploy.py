@@ -91,6 +91,7 @@ def export_onnx(
         # Shape checks on the fixed height and width are traced as constants, as intended.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         if exporter == "dynamo":
             shapes = {"image": {0: torch.export.Dim("batch", min=1, max=1024)}}
             program = torch.onnx.export(
@@ -253,6 +254,8 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                # ranges folded in after every image: memory stays one image's activations
+                extra_options={"CalibMaxIntermediateOutputs": 1},
             )
             how = f"static QDQ, per-channel weights, {len(calibration)} calibration images"
         except Exception as exc:
