@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,7 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-optimize", action="store_true", help="time the plain eval model")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
-    p.add_argument("--onnx", action="store_true", help="also time onnxruntime (CPU)")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time the ONNX deployment (FP32 and int8, onnxruntime CPU) at --onnx-sizes",
+    )
+    p.add_argument("--onnx-sizes", nargs="+", type=int, default=[512, 128])
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
@@ -173,27 +179,57 @@ def interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def onnx_latency(model: nn.Module, x: Tensor, args: argparse.Namespace) -> float | str:
-    """onnxruntime CPU latency (ms) of ``model`` exported on ``x``, or why it could not run."""
+def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Batch-1 latency at each --onnx-sizes: PyTorch FP32 (optimize_for_inference), ONNX FP32
+    and ONNX int8 (tools/onnx_deploy.py: the export's default form; static QDQ int8 calibrated
+    on two random images, enough for timing), the three timed interleaved."""
     try:
-        import onnxruntime as ort
+        from tools.onnx_deploy import (
+            deployable,
+            export_onnx,
+            fixed_batch,
+            ort_runner,
+            pick_form,
+            quantize_int8,
+            session,
+        )
     except ImportError as err:
-        return f"onnxruntime missing ({err})"
-    model, x = model.cpu().float(), x.cpu().float()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "model.onnx")
-        try:
+        return [{"model": name, "error": f"onnxruntime missing ({err})"}]
+    model = model.cpu().float().eval()
+    form = pick_form(model)
+    fast = optimize_for_inference(model)
+    rows = []
+    for size in args.onnx_sizes:
+        row: dict[str, object] = {"model": name, "size": size, "form": form}
+        x = torch.rand(1, 3, size, size)
+        rng = np.random.default_rng(args.seed)
+        calibration = [rng.random((1, 3, size, size), dtype=np.float32) for _ in range(2)]
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            net, dynamic = deployable(model, form), not fixed_batch(form)
+            for exporter in ("torchscript", "dynamo"):  # dynamo where TorchScript fails
+                try:
+                    export_onnx(net, fp32, (size, size), 17, exporter, dynamic_batch=dynamic)
+                    row["exporter"] = exporter
+                    break
+                except Exception as err:  # report and go on: ONNX is an extra
+                    row["error"] = f"{exporter} export failed ({type(err).__name__})"
+            if "exporter" not in row:
+                rows.append(row)
+                continue
+            row.pop("error", None)
+            quantize_int8(fp32, int8, calibration)
+            fns = {
+                "torch_ms": lambda x=x: fast(x),
+                "onnx_ms": ort_runner(session(fp32, args.threads), x.numpy()),
+                "int8_ms": ort_runner(session(int8, args.threads), x.numpy()),
+            }
             with torch.no_grad():
-                torch.onnx.export(model, (x,), path, input_names=["x"], dynamo=False)
-        except Exception as err:  # report and go on: ONNX is an extra
-            return f"export failed ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        cpu = torch.device("cpu")
-        t = interleaved({"ort": lambda: session.run(None, feed)}, cpu, args.repeats, args.warmup)
-    return t["ort"] * 1e3
+                t = interleaved(fns, torch.device("cpu"), args.repeats, args.warmup)
+        row.update({k: v * 1e3 for k, v in t.items()})
+        rows.append(row)
+        print(f"  {name} onnx @{size}: done", flush=True)
+    return rows
 
 
 def inference_model(
@@ -257,7 +293,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     if "no_workspace" in t:
         row["no_ws_ms"] = t["no_workspace"] * 1e3
     if args.onnx:
-        row["onnx_ms"] = onnx_latency(model.eval(), x, args)
+        row["onnx"] = onnx_rows(model, name, args)
 
     if not args.no_train:
         b, s = args.train_batch, args.train_size
@@ -299,8 +335,6 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         ("ms", "ms (b1)", 1),
         ("fps", "FPS", 2),
     ]
-    if args.onnx:
-        cols.append(("onnx_ms", "ONNX ms", 1))
     if not args.no_train:
         cols += [
             ("train_ips", f"train img/s (b{args.train_batch}@{args.train_size})", 2),
@@ -333,6 +367,30 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
                 f"{r['ref_train_ips']:.2f} img/s, ours {r['train_ips']:.2f} img/s -> "
                 f"speed-up {r['train_ips'] / r['ref_train_ips']:.2f}x"
             )
+    onnx = [o for r in rows for o in r.get("onnx", [])]
+    if onnx:
+        lines += ["", onnx_markdown(onnx, args)]
+    return "\n".join(lines)
+
+
+def onnx_markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
+    """The ONNX deployment rows: batch-1 ms of PyTorch FP32, ONNX FP32 and ONNX int8."""
+    lines = [
+        f"ONNX deployment, batch 1, {args.threads} threads, interleaved, median of {args.repeats}:",
+        "",
+        "| model | size | form | PyTorch FP32 ms | ONNX FP32 ms | ONNX int8 ms "
+        "| ONNX FP32 / PyTorch | int8 speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r.get('size', '-')} | {r['error']} |  |  |  |  |  |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['size']} | {r['form']} | {r['torch_ms']:.1f} | "
+            f"{r['onnx_ms']:.1f} | {r['int8_ms']:.1f} | {r['onnx_ms'] / r['torch_ms']:.2f} | "
+            f"{r['onnx_ms'] / r['int8_ms']:.2f}x |"
+        )
     return "\n".join(lines)
 
 

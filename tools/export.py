@@ -1,16 +1,21 @@
-"""Export a checkpoint to ONNX with a dynamic batch axis, checked against PyTorch.
+"""Export a checkpoint to ONNX, checked against PyTorch; optionally an int8 copy.
 
     python export.py --model dasnet --checkpoint runs/dasnet/best.pt --format onnx
-    python export.py --model dasnet --demo --size 128 128
+    python export.py --model dasnet --demo --size 512 512 --quantize int8
     python export.py --checkpoint runs/dasnet/best.pt --format safetensors   # exports/dasnet/
 
-The exported graph is verified with onnxruntime on random inputs (batch 1 and 3) and on real
-images (batch 1 and 2; demo test images, or ``--images``): the largest absolute difference of
-the logits must be <= ``--tolerance`` (1e-4) or nothing is written. Latency of both runtimes is
-reported at batch 1. DyConv's default computation convolves a whole batch as groups of one
-convolution, and ONNX's Conv needs its group count fixed in the graph; the exported copy
-therefore mixes the outputs of all K kernels instead (``method="mixture"``), the same function
-written with a batch-independent graph.
+The dynamic models export as the paper infers at batch 1 (``--form aggregated``, the default
+and the fastest measured: each dynamic convolution is one Conv with the sample's aggregated
+kernel, so the graph holds a batch of one); ``--form mixture`` (all K kernels, outputs mixed)
+or ``im2col`` give a graph with a dynamic batch axis (models/deploy.py). Other models always
+export with a dynamic batch axis. The graph is verified with onnxruntime on random inputs
+(batch 1 and 3) and on real images (batch 1 and 2; demo test images, or ``--images``): the
+largest absolute difference of the logits must be <= ``--tolerance`` (1e-4) times max(1,
+largest |logit|), and the masks (logit > 0) must agree on 99.9% of the pixels, or nothing is
+written. ``--quantize int8`` then writes ``<out>.int8.onnx`` (static QDQ quantization,
+per-channel weights, calibrated on ``--calibration`` validation images; weight-only dynamic
+quantization if static fails) and prints its mIoU and Dice on ``--eval-images`` test images
+beside the FP32 graph's, and both latencies. Latencies are batch 1, measured interleaved.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ import argparse
 import copy
 import logging
 import os
-import statistics
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,8 @@ import torch
 from torch import nn
 
 from engine.checkpoint import check_writable
-from engine.latency import measure_latency, time_ms
-from engine.losses import main_logits
-from models import MODEL_NAMES, DyConv2d
+from models import MODEL_NAMES
+from models.deploy import FORMS
 
 from . import (
     DEMO_ROOT,
@@ -39,92 +41,25 @@ from . import (
     checkpoint_for,
     input_size,
     load_for_inference,
-    pick_device,
     run_cli,
+)
+from .onnx_deploy import (
+    TOLERANCE,
+    Logits,
+    deployable,
+    evaluate_onnx,
+    export_onnx,
+    fixed_batch,
+    latencies,
+    ort_runner,
+    pick_form,
+    quantize_int8,
+    session,
+    verify,
 )
 from .predict import collect_inputs, demo_inputs, read_image, to_input
 
 logger = logging.getLogger(__name__)
-
-TOLERANCE = 1e-4
-
-
-class Logits(nn.Module):
-    """The model's main logits only, so every model exports one output tensor."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return main_logits(self.model(image))
-
-
-def exportable(model: nn.Module) -> nn.Module:
-    """A CPU copy whose DyConvs compute with a graph that does not depend on the batch size."""
-    model = copy.deepcopy(model).cpu().eval()
-    for module in model.modules():
-        if isinstance(module, DyConv2d):
-            module.method = "mixture"
-    return Logits(model).eval()
-
-
-def export_onnx(
-    model: nn.Module,
-    path: Path,
-    size: tuple[int, int],
-    opset: int,
-    exporter: str = "torchscript",
-    in_channels: int = 3,
-) -> None:
-    """Write ``model`` (exportable copy) to ``path`` with input 'image' and output 'logits'."""
-    example = torch.rand(1, in_channels, *size)
-    with warnings.catch_warnings(), torch.no_grad():
-        # Shape checks on the fixed height and width are traced as constants, as intended.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            program = torch.onnx.export(
-                model,
-                (example,),
-                input_names=["image"],
-                output_names=["logits"],
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes={"image": {0: batch}},
-            )
-            program.save(str(path), external_data=False)  # one self-contained file
-        else:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["image"],
-                output_names=["logits"],
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            )
-
-
-def session(path: Path):
-    """An onnxruntime CPU session for the exported file."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def max_diff(model: nn.Module, sess, batch: torch.Tensor) -> float:
-    """Largest absolute difference between PyTorch's and onnxruntime's logits on ``batch``."""
-    with torch.inference_mode():
-        expected = model(batch).numpy()
-    got = sess.run(None, {"image": batch.numpy()})[0]
-    if got.shape != expected.shape:
-        raise ToolError(f"onnxruntime returned shape {got.shape}, PyTorch {expected.shape}")
-    return float(np.abs(got - expected).max())
 
 
 def check_batches(
@@ -143,27 +78,6 @@ def check_batches(
     return batches
 
 
-def verify(
-    model: nn.Module, path: Path, batches: dict[str, torch.Tensor], tolerance: float = TOLERANCE
-) -> dict[str, float]:
-    """Max abs difference per input batch; ToolError when one exceeds ``tolerance``."""
-    sess = session(path)
-    diffs = {name: max_diff(model, sess, batch) for name, batch in batches.items()}
-    bad = {name: d for name, d in diffs.items() if not d <= tolerance}
-    if bad:
-        raise ToolError(f"ONNX output differs from PyTorch by more than {tolerance:g}: {bad}")
-    return diffs
-
-
-def onnx_latency(
-    path: Path, size: tuple[int, int], warmup: int, runs: int, in_channels: int = 3
-) -> float:
-    """Median onnxruntime (CPU) time of one batch-1 inference, in ms."""
-    sess = session(path)
-    x = np.random.default_rng(0).random((1, in_channels, *size), dtype=np.float32)
-    return statistics.median(time_ms(lambda: sess.run(None, {"image": x}), warmup, runs))
-
-
 def export_checked(
     model: nn.Module,
     out: Path,
@@ -173,18 +87,33 @@ def export_checked(
     exporter: str = "torchscript",
     tolerance: float = TOLERANCE,
     in_channels: int = 3,
-) -> dict[str, float]:
-    """Export to a temporary file beside ``out``, verify it, then rename it to ``out``."""
+    form: str = "auto",
+) -> dict[str, dict[str, float]]:
+    """Export ``model`` in ``form`` to a temporary file beside ``out``, verify, rename to ``out``.
+
+    The graph is compared with the plain eval model (so the deployment form is checked too).
+    ``exporter`` "auto" tries the TorchScript exporter, then the dynamo one.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-    net = exportable(model)
+    form = pick_form(model, form)
+    reference = Logits(copy.deepcopy(model).cpu().eval()).eval()
+    net = deployable(model, form)
+    dynamic = not fixed_batch(form)
     try:
-        export_onnx(net, partial, size, opset, exporter, in_channels)
-        diffs = verify(net, partial, batches, tolerance)
+        for name in ("torchscript", "dynamo") if exporter == "auto" else (exporter,):
+            try:
+                export_onnx(net, partial, size, opset, name, in_channels, dynamic)
+                break
+            except Exception as exc:
+                if exporter != "auto" or name == "dynamo":
+                    raise
+                logger.warning("the TorchScript exporter failed (%s); trying dynamo", exc)
+        results = verify(reference, partial, batches, tolerance)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    return diffs
+    return {name: r | {"form": form} for name, r in results.items()}
 
 
 def real_images(paths: list[str] | None) -> list[np.ndarray]:
@@ -220,9 +149,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument(
         "--exporter",
-        choices=("torchscript", "dynamo"),
-        default="torchscript",
-        help="torch.onnx exporter (torchscript: fast; dynamo: torch.export based)",
+        choices=("auto", "torchscript", "dynamo"),
+        default="auto",
+        help="torch.onnx exporter (auto: TorchScript, dynamo where TorchScript fails)",
+    )
+    p.add_argument(
+        "--form",
+        choices=("auto", *FORMS),
+        default="auto",
+        help="dynamic convolutions: aggregated (batch 1, fastest; the default), im2col or "
+        "mixture (any batch)",
     )
     p.add_argument(
         "--images",
@@ -230,8 +166,20 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="images or folders to compare on (default: demo test images if any)",
     )
-    p.add_argument("--tolerance", type=float, default=TOLERANCE)
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help="max |onnx - torch| relative to max(1, |logits|)",
+    )
     p.add_argument("--runs", type=int, default=20, help="latency: median of this many runs")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write <out>.int8.onnx (static QDQ, calibrated on validation images)",
+    )
+    p.add_argument("--calibration", type=int, default=16, help="int8: calibration images")
+    p.add_argument("--eval-images", type=int, default=80, help="int8: held-out test images")
     return p
 
 
@@ -242,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.tolerance <= 0:
+        raise ToolError(f"--tolerance {args.tolerance} must be > 0")
+    if args.quantize and (args.calibration < 1 or args.eval_images < 1):
+        raise ToolError("--calibration and --eval-images must be >= 1")
     path = checkpoint_for(args.model, args.checkpoint, args.demo)
     plain, ckpt = load_for_inference(path, args.model, "cpu", optimize=False)
     name = ckpt["model_name"]
@@ -258,30 +210,70 @@ def _run(args: argparse.Namespace) -> int:
     in_channels = int((ckpt.get("model_kwargs") or {}).get("in_channels", 3))
     out = Path(args.out or f"exports/{name}.onnx")
     check_writable(out.parent)  # before the minutes of export and verification
+    splits = _splits(ckpt, size, args) if args.quantize else None
     batches = check_batches(size, real_images(args.images), in_channels)
-    model, optimized = _optimized(plain), True
-    try:
-        diffs = export_checked(
-            model, out, size, args.opset, batches, args.exporter, args.tolerance, in_channels
-        )
-    except Exception as exc:  # an inference rewrite that does not export: keep the plain model
-        logger.warning(
-            "optimized model did not export (%s); exporting the plain eval model",
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-        )
-        model, optimized = plain, False
-        diffs = export_checked(
-            model, out, size, args.opset, batches, args.exporter, args.tolerance, in_channels
-        )
-    report = _report(name, out, size, args, diffs, optimized, model, in_channels)
-    print(report)
+    results = export_checked(
+        plain, out, size, args.opset, batches, args.exporter, args.tolerance, in_channels, args.form
+    )
+    print(_report(name, out, size, args, results, plain, in_channels))
+    if args.quantize:
+        print(_quantize(out, splits, plain, size, args, in_channels))
     return 0
 
 
-def _optimized(model: nn.Module) -> nn.Module:
-    from models import optimize_for_inference
+def _splits(ckpt: dict[str, Any], size: tuple[int, int], args: argparse.Namespace):
+    """Validation images to calibrate on and a held-out test split, from the checkpoint's data."""
+    from data import UAVSegDataset
 
-    return optimize_for_inference(copy.deepcopy(model))
+    dataset = (ckpt.get("config") or {}).get("dataset") or {}
+    root = Path(dataset.get("root") or DEMO_ROOT)
+    if not (root / "UAVSemanticSegmentationInput").is_dir():
+        raise ToolError(
+            f"dataset '{root}' (the checkpoint's dataset.root) not found: int8 calibration "
+            "needs its validation images"
+        )
+    try:
+        val = UAVSegDataset(root, "val", size, max_samples=args.calibration)
+        test = UAVSegDataset(root, "test", size, max_samples=args.eval_images)
+    except (OSError, ValueError) as exc:
+        raise ToolError(f"dataset '{root}': {exc}") from None
+    return val, test
+
+
+def _quantize(
+    fp32: Path,
+    splits,
+    plain: nn.Module,
+    size: tuple[int, int],
+    args: argparse.Namespace,
+    in_channels: int,
+) -> str:
+    """Write <out>.int8.onnx; FP32 and int8 mIoU/Dice on the test split and their latency."""
+    val, test = splits
+    out = fp32.with_name(f"{fp32.stem}.int8.onnx")
+    partial = out.with_name(f".{out.stem}.partial.onnx")
+    calibration = [val[i]["image"][None].numpy() for i in range(len(val))]
+    try:
+        how = quantize_int8(fp32, partial, calibration)
+        sessions = {"fp32": session(fp32), "int8": session(partial)}
+        samples = ((s["image"][None].numpy(), s["mask"][None].numpy()) for s in test)
+        scores = evaluate_onnx(sessions, samples)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    x = np.random.default_rng(0).random((1, in_channels, *size), dtype=np.float32)
+    ms = latencies({k: ort_runner(s, x) for k, s in sessions.items()}, 2, args.runs)
+    f, q = scores["fp32"], scores["int8"]
+    return "\n".join(
+        [
+            f"int8 -> {out} ({out.stat().st_size / 1e6:.1f} MB; {how})",
+            f"  test split, {f['images']} images: mIoU FP32 {f['miou']:.4f}, int8 {q['miou']:.4f} "
+            f"({q['miou'] - f['miou']:+.4f}); Dice FP32 {f['dice']:.4f}, int8 {q['dice']:.4f} "
+            f"({q['dice'] - f['dice']:+.4f})",
+            f"  onnxruntime latency, batch 1, interleaved, median of {args.runs}: FP32 "
+            f"{ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['fp32'] / ms['int8']:.2f}x)",
+        ]
+    )
 
 
 def _report(
@@ -289,24 +281,43 @@ def _report(
     out: Path,
     size: tuple[int, int],
     args: argparse.Namespace,
-    diffs: dict[str, float],
-    optimized: bool,
-    model: nn.Module,
+    results: dict[str, dict[str, Any]],
+    plain: nn.Module,
     in_channels: int,
 ) -> str:
-    warmup = min(3, args.runs)
-    torch_ms = measure_latency(
-        model, size, pick_device("cpu"), warmup=warmup, runs=args.runs, in_channels=in_channels
-    )["ms"]
-    ort_ms = onnx_latency(out, size, warmup, args.runs, in_channels)
+    form = next(iter(results.values()))["form"]
+    batch = "batch 1" if fixed_batch(form) else "dynamic batch"
+    how = {
+        "plain": "",
+        "aggregated": ", dynamic convs as one conv with the per-sample kernel (fastest; "
+        "--form mixture for a dynamic batch)",
+        "im2col": ", dynamic convs as shifted copies x aggregated kernel",
+        "mixture": ", dynamic convs as the mixture of K kernel outputs",
+    }[form]
+    fast = _optimized(plain)
+    x = torch.rand(1, in_channels, *size)
+    sess = session(out)
+    with torch.inference_mode():
+        ms = latencies(
+            {"torch": lambda: fast(x), "onnx": ort_runner(sess, x.numpy())},
+            min(3, args.runs),
+            args.runs,
+        )
     lines: list[Any] = [
         f"{name} -> {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, "
-        f"{size[0]}x{size[1]}, dynamic batch, {'optimized' if optimized else 'plain'} model)",
+        f"{size[0]}x{size[1]}, {batch}, form {form}{how})",
         *(
-            f"  max |onnx - torch| on {what}: {d:.2e} (<= {args.tolerance:g})"
-            for what, d in diffs.items()
+            f"  max |onnx - torch| on {what}: {r['diff']:.2e} (<= {r['bound']:.2e}), "
+            f"masks agree {r['agreement']:.4%}"
+            for what, r in results.items()
         ),
-        f"  latency, batch 1, CPU, median of {args.runs}: PyTorch {torch_ms:.2f} ms, "
-        f"onnxruntime {ort_ms:.2f} ms",
+        f"  latency, batch 1, CPU, interleaved, median of {args.runs}: PyTorch "
+        f"(optimize_for_inference) {ms['torch']:.2f} ms, onnxruntime {ms['onnx']:.2f} ms",
     ]
     return "\n".join(lines)
+
+
+def _optimized(model: nn.Module) -> nn.Module:
+    from models import optimize_for_inference
+
+    return optimize_for_inference(copy.deepcopy(model))

@@ -185,6 +185,23 @@ class Predictor:
         return (torch.sigmoid(logits[0, 0]) > self.threshold).cpu().numpy()
 
 
+class OnnxPredictor(Predictor):
+    """A Predictor over an exported ONNX file (onnxruntime, CPU): the same frames in, masks out.
+
+    The input size is the graph's own; a graph fixed to batch 1 runs the frames one by one.
+    """
+
+    def __init__(self, path: Path, threshold: float = 0.5) -> None:
+        from .onnx_deploy import run_onnx, session
+
+        sess = session(path)
+        shape = sess.get_inputs()[0].shape
+        if len(shape) != 4 or not all(isinstance(side, int) for side in shape[2:]):
+            raise ToolError(f"'{path}': input shape {shape} is not N x C x H x W with fixed H, W")
+        onnx_model = lambda batch: torch.from_numpy(run_onnx(sess, batch.numpy()))  # noqa: E731
+        super().__init__(onnx_model, (shape[2], shape[3]), torch.device("cpu"), threshold)
+
+
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The frame with the mask tinted red and its one-pixel contour drawn in yellow."""
     out = frame.astype(np.float32)
@@ -343,6 +360,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="frames (resize) or tiles (slide)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--onnx", metavar="FILE", help="an exported .onnx file instead of a checkpoint")
     return p
 
 
@@ -402,12 +420,22 @@ def _run(args: argparse.Namespace) -> int:
         jobs = demo_inputs()
     else:
         raise ToolError("give at least one INPUT (image, folder or video), or --demo")
-    path = checkpoint_for(args.model, args.checkpoint, args.demo)
-    device = pick_device(args.device)
-    model, ckpt = load_for_inference(path, args.model, device)
-    predictor = make_predictor(model, ckpt, device, args)
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise ToolError(f"--onnx '{args.onnx}' not found")
+        if args.mode != "resize":
+            raise ToolError(
+                f"--onnx runs --mode resize only (the graph's input size is fixed), not {args.mode}"
+            )
+        predictor = OnnxPredictor(Path(args.onnx), args.threshold)
+        logger.info("%s at %dx%d on onnxruntime (CPU)", args.onnx, *predictor.size)
+    else:
+        path = checkpoint_for(args.model, args.checkpoint, args.demo)
+        device = pick_device(args.device)
+        model, ckpt = load_for_inference(path, args.model, device)
+        predictor = make_predictor(model, ckpt, device, args)
+        logger.info("%s from %s, mode %s on %s", ckpt["model_name"], path, args.mode, device)
     out = Path(args.out)
-    logger.info("%s from %s, mode %s on %s", ckpt["model_name"], path, args.mode, device)
     images = [job for job in jobs if not job.is_video]
     videos = [job for job in jobs if job.is_video]
     for job in images:  # a frame the mode cannot take is refused before anything is written
