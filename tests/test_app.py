@@ -54,6 +54,22 @@ def client(served, tmp_path_factory):
     )
 
 
+def test_the_picker_lists_each_checkpoint_with_its_model_best_epoch_and_val_miou(tmp_path):
+    run = tmp_path / "runs" / "thin"
+    make_checkpoint(run / "best.pt")  # saved at epoch 1
+    (run / "metrics.csv").write_text("epoch,val_loss,miou\n1,0.9,0.4200\n2,0.8,0.5000\n")
+    (tmp_path / "runs" / "notes.pt").write_text("not a checkpoint")  # skipped, not fatal
+    assert app.picker_choices(tmp_path / "runs") == [
+        (f"{run / 'best.pt'}: thindyunet, best epoch 1, val mIoU 0.420", str(run / "best.pt"))
+    ]
+    assert app.missing_hint(tmp_path / "runs", demo=True) == ""
+
+
+def test_demo_without_demo_checkpoints_names_the_command_that_makes_them(tmp_path):
+    hint = app.missing_hint(tmp_path / "runs" / "demo", demo=True)
+    assert "python train_dasnet.py --demo" in hint and "runs/demo" in hint
+
+
 def median_threshold(ckpt: Path, frame: Path) -> float:
     """A threshold that splits this untrained model's mask for ``frame`` about in half,
     so that comparing masks means something (an empty or full mask would always agree)."""

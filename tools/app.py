@@ -334,17 +334,25 @@ def build(
                     threshold = gr.Slider(0.01, 0.99, value=0.5, step=0.01, label="Threshold")
                 run = gr.Button("Segment", variant="primary")
                 if examples:
-                    gr.Examples([[[frame]] for frame in examples], inputs=[files])
+                    gr.Examples(
+                        [[[frame]] for frame in examples],
+                        inputs=[files],
+                        label="Demo test frames",
+                        example_labels=[f"{Path(f).parent.name} {Path(f).name}" for f in examples],
+                    )
             with gr.Column(scale=3):
                 message = gr.Markdown(hint, elem_id="message")
                 overlays = gr.Gallery(
                     label="Overlay (mask tinted red, outline yellow)",
                     format="png",
                     columns=2,
+                    height=420,
                     object_fit="contain",
                     elem_id="overlay",
                 )
-                masks = gr.Gallery(label="Mask", format="png", columns=4, elem_id="mask")
+                masks = gr.Gallery(
+                    label="Mask", format="png", columns=4, height=220, elem_id="mask"
+                )
                 table = gr.Dataframe(headers=HEADERS, label="Per file", elem_id="table")
                 video = gr.Video(label="Overlay video", elem_id="video")
                 downloads = gr.File(label="Mask PNGs (and overlay videos)", elem_id="downloads")
@@ -358,14 +366,20 @@ def build(
     return page
 
 
+def missing_hint(runs: Path, demo: bool) -> str:
+    """What the page says when it lists no checkpoint: the command that makes one ('' if any)."""
+    if find_checkpoints(runs):
+        return ""
+    make = DEMO_HINT if demo else f"{DEMO_HINT} (or any train_<model>.py)"
+    return f"No checkpoint found under `{runs}/`: make one with `{make}`, or type a path."
+
+
 @contextmanager
 def serving(args: argparse.Namespace, block: bool = True) -> Iterator[Any]:
     """Build the page and serve it; outputs live in a temporary folder removed at the end."""
     runs = Path(args.runs) if args.runs else (DEMO_RUNS if args.demo else RUNS)
-    hint = ""
-    if not picker_choices(runs):
-        make = DEMO_HINT if args.demo else f"{DEMO_HINT} (or any train_<model>.py)"
-        hint = f"No checkpoint found under `{runs}/`: make one with `{make}`, or type a path."
+    hint = missing_hint(runs, args.demo)
+    if hint:
         logger.warning(hint.replace("`", ""))
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="uavseg-app-"))
@@ -374,15 +388,18 @@ def serving(args: argparse.Namespace, block: bool = True) -> Iterator[Any]:
         examples = demo_frames()
         page = build(runs, segmenter, examples, hint)
         page.queue(default_concurrency_limit=1)  # one model, one request at a time
-        page.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=args.share,
-            prevent_thread_lock=not block,
-            allowed_paths=[str(Path(e).parent.resolve()) for e in examples],
-            ssr_mode=False,
-            quiet=not block,
-        )
+        try:
+            page.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                prevent_thread_lock=not block,
+                allowed_paths=[str(Path(e).parent.resolve()) for e in examples],
+                ssr_mode=False,
+                quiet=not block,
+            )
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            raise ToolError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
         yield page
         page.close()
     finally:
