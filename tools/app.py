@@ -49,7 +49,15 @@ logger = logging.getLogger(__name__)
 RUNS = Path("runs")
 VIDEO_BATCH = 8
 DEMO_HINT = "python train_dasnet.py --demo"
-HEADERS = ["file", "frames", "size (HxW)", "UAV pixels", "UAV fraction", "latency (ms)", "device"]
+HEADERS = [
+    "file",
+    "frames",
+    "size (HxW)",
+    "UAV pixels (per frame)",
+    "UAV fraction",
+    "latency (ms)",
+    "device",
+]
 
 
 def modes() -> tuple[str, ...]:
@@ -195,6 +203,11 @@ class Segmenter:
         if self._loaded is None or self._loaded[0] != key:
             self._loaded = None  # the old model is freed before the new one loads
             model, ckpt = load_for_inference(where, None, self.device)
+            size = input_size(ckpt, list(self.size) if self.size else None)
+            # One warm-up frame, so the first upload's latency is the model's, not its start-up.
+            make_predictor(model, size, self.device, 0.5, modes()[0])(
+                [np.zeros((*size, 3), np.uint8)]
+            )
             self._loaded = (key, model, ckpt)
         return self._loaded[1], self._loaded[2]
 
@@ -396,6 +409,7 @@ def serving(args: argparse.Namespace, block: bool = True) -> Iterator[Any]:
                 prevent_thread_lock=not block,
                 allowed_paths=[str(Path(e).parent.resolve()) for e in examples],
                 ssr_mode=False,
+                show_error=True,  # an unexpected failure is shown on the page, not only logged
                 quiet=not block,
             )
         except OSError as exc:  # the port is taken, or the host is not this machine's
