@@ -100,7 +100,7 @@ def test_the_page_gives_the_mask_predict_py_writes(served, client, tmp_path):
     assert 0.05 < (cli_mask > 0).mean() < 0.95  # a mask with something in it on both sides
 
     # The picker lists the checkpoint by its path; the path field stays empty.
-    overlays, masks, table, downloads, video, message = segment(
+    overlay, overlays, masks, table, downloads, video, message = segment(
         client, str(served.ckpt), "", [served.frame], threshold
     )
     assert "1 of 1 files segmented" in message, message
@@ -110,8 +110,10 @@ def test_the_page_gives_the_mask_predict_py_writes(served, client, tmp_path):
     page_mask = np.asarray(Image.open(mask_png))
     assert page_mask.shape == cli_mask.shape
     assert np.array_equal(page_mask, cli_mask)
-    with Image.open(overlays[0]["image"]) as overlay, Image.open(served.frame) as frame:
-        assert overlay.size == frame.size
+    with Image.open(overlay) as shown, Image.open(served.frame) as frame:
+        assert shown.size == frame.size
+    assert [Path(o["image"]).name for o in overlays] == [Path(overlay).name]
+    assert masks[0]["caption"] == f"{served.frame.name}: {(page_mask > 0).sum()} UAV pixels"
     ((name, frames, size, pixels, fraction, latency, device),) = table["data"]
     assert (name, frames, device) == (served.frame.name, 1, "cpu")
     assert size == f"{cli_mask.shape[0]}x{cli_mask.shape[1]}"
@@ -140,8 +142,8 @@ def test_bad_uploads_and_checkpoints_give_a_message_and_the_server_keeps_serving
         (tmp_path / "missing.pt", "not found"),
         (foreign, "not a checkpoint of this project"),
     ):
-        overlays, *_, message = segment(client, None, str(path), [served.frame])
-        assert overlays == [] and str(path) in message and words in message, message
+        overlay, *_, message = segment(client, None, str(path), [served.frame])
+        assert overlay is None and str(path) in message and words in message, message
     *_, message = segment(client, str(served.ckpt), "", [served.frame])
     assert "1 of 1 files segmented" in message
 
@@ -152,7 +154,7 @@ def test_a_video_gives_the_overlay_video_and_its_masks(served, client, tmp_path)
     frame = predict.read_image(served.frame)
     clip = tmp_path / "clip.mp4"
     imageio.mimwrite(clip, [frame, frame[:, ::-1]], fps=5, macro_block_size=1)
-    _, _, table, downloads, video, message = segment(client, str(served.ckpt), "", [clip])
+    *_, table, downloads, video, message = segment(client, str(served.ckpt), "", [clip])
     assert "1 of 1 files segmented" in message, message
     assert Path(video["video"] if isinstance(video, dict) else video).suffix == ".mp4"
     assert sorted(Path(p).suffix for p in downloads) == [".mp4", ".zip"]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import numpy as np
 import torch
 from torch import nn
@@ -176,6 +177,7 @@ class Outputs:
 
     def values(self) -> tuple:
         return (
+            self.overlays[0][0] if self.overlays else None,
             self.overlays,
             self.masks,
             {"headers": HEADERS, "data": self.table},
@@ -311,12 +313,8 @@ def demo_frames(root: Path = DEMO_ROOT) -> list[str]:
         return []
 
 
-def build(
-    runs: Path, segmenter: Segmenter, examples: list[str], hint: str = ""
-) -> Any:  # a gradio.Blocks; gradio is imported here so the rest of the project never needs it
+def build(runs: Path, segmenter: Segmenter, examples: list[str], hint: str = "") -> gr.Blocks:
     """The page: model picker, uploads, mode and threshold; overlay, mask, table, downloads."""
-    import gradio as gr
-
     choices = picker_choices(runs)
     with gr.Blocks(title="UAV segmentation", analytics_enabled=False) as page:
         gr.Markdown(
@@ -355,28 +353,49 @@ def build(
                     )
             with gr.Column(scale=3):
                 message = gr.Markdown(hint, elem_id="message")
-                overlays = gr.Gallery(
+                overlay = gr.Image(
                     label="Overlay (mask tinted red, outline yellow)",
                     format="png",
-                    columns=2,
-                    height=420,
-                    object_fit="contain",
+                    height=400,
+                    interactive=False,
                     elem_id="overlay",
                 )
+                overlays = gr.Gallery(
+                    label="Every frame's overlay (click one to show it above)",
+                    format="png",
+                    columns=6,
+                    fit_columns=False,
+                    height=150,
+                    object_fit="contain",
+                    allow_preview=False,
+                    elem_id="overlays",
+                )
                 masks = gr.Gallery(
-                    label="Mask", format="png", columns=4, height=220, elem_id="mask"
+                    label="Mask",
+                    format="png",
+                    columns=4,
+                    fit_columns=False,
+                    height=200,
+                    object_fit="contain",
+                    elem_id="mask",
                 )
                 table = gr.Dataframe(headers=HEADERS, label="Per file", elem_id="table")
                 video = gr.Video(label="Overlay video", elem_id="video")
                 downloads = gr.File(label="Mask PNGs (and overlay videos)", elem_id="downloads")
-        outputs = [overlays, masks, table, downloads, video, message]
+        outputs = [overlay, overlays, masks, table, downloads, video, message]
         inputs = [picker, path, files, mode, threshold]
         run.click(segmenter, inputs, outputs, api_name="segment")
         files.upload(segmenter, inputs, outputs, api_name=False)
+        overlays.select(_shown, None, overlay, api_name=False)
         rescan.click(
             lambda: gr.Dropdown(choices=picker_choices(runs)), None, picker, api_name=False
         )
     return page
+
+
+def _shown(event: gr.SelectData) -> str:
+    """The overlay a click in the gallery picked, for the large view."""
+    return event.value["image"]["path"]
 
 
 def missing_hint(runs: Path, demo: bool) -> str:
@@ -388,7 +407,7 @@ def missing_hint(runs: Path, demo: bool) -> str:
 
 
 @contextmanager
-def serving(args: argparse.Namespace, block: bool = True) -> Iterator[Any]:
+def serving(args: argparse.Namespace, block: bool = True) -> Iterator[gr.Blocks]:
     """Build the page and serve it; outputs live in a temporary folder removed at the end."""
     runs = Path(args.runs) if args.runs else (DEMO_RUNS if args.demo else RUNS)
     hint = missing_hint(runs, args.demo)
@@ -444,10 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 
     def body() -> int:
-        try:
-            import gradio  # noqa: F401
-        except ImportError:
-            raise ToolError("the app needs gradio: pip install -r requirements.txt") from None
         with serving(args):
             pass
         return 0
