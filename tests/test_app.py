@@ -36,12 +36,14 @@ def served(tmp_path_factory, tiny_root):
     """The app on a free port, listing one small untrained checkpoint under its runs folder."""
     runs = tmp_path_factory.mktemp("runs")
     ckpt = make_checkpoint(runs / "thin" / "best.pt")
-    frame = predict.demo_inputs(tiny_root)[0].path
+    frames = predict.demo_inputs(tiny_root)  # visible, visible, infrared, infrared
     args = app.parser().parse_args(
         ["--runs", str(runs), "--port", str(free_port()), "--device", "cpu"]
     )
     with app.serving(args, block=False) as page:
-        yield SimpleNamespace(url=page.local_url, ckpt=ckpt, frame=frame)
+        yield SimpleNamespace(
+            url=page.local_url, ckpt=ckpt, frame=frames[0].path, infrared=frames[2].path
+        )
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +203,7 @@ def shown_images(driver, elem_id: str) -> list[tuple[int, int]]:
     )
 
 
-def test_a_browser_uploads_a_frame_and_sees_its_overlay(served, tmp_path, monkeypatch):
+def test_a_browser_uploads_frames_and_sees_their_overlays(served, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -218,5 +220,15 @@ def test_a_browser_uploads_a_frame_and_sees_its_overlay(served, tmp_path, monkey
         with Image.open(served.frame) as frame:
             assert sizes[0] == list(frame.size)
         assert "1 of 1 files segmented" in driver.find_element(By.ID, "message").text
+
+        # Two frames of different sizes: a click on the second thumbnail shows its overlay.
+        driver.get(served.url)
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+        upload.send_keys(f"{served.frame.resolve()}\n{served.infrared.resolve()}")
+        wait.until(lambda d: len(shown_images(d, "overlays")) == 2)
+        driver.find_elements(By.CSS_SELECTOR, "#overlays img")[1].click()
+        with Image.open(served.infrared) as infrared:
+            wait.until(lambda d: shown_images(d, "overlay") == [list(infrared.size)])
+        assert "2 of 2 files segmented" in driver.find_element(By.ID, "message").text
     finally:
         driver.quit()
