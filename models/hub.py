@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,25 @@ def save_pretrained(
     folder: str | Path,
     info: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder``/config.json and model.safetensors for model ``name`` built with
-    ``kwargs``; the folder is replaced whole (a crash leaves the previous one intact)."""
+    """Write ``folder``/model.safetensors and config.json for model ``name`` built with ``kwargs``.
+
+    Each file is written to a temporary name and renamed, so a crash leaves the previous file
+    whole; other files in the folder (a model card) are kept. A folder that holds other things
+    but no config of this project is refused, never overwritten.
+    """
     from . import count_parameters
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PretrainedError(f"'{folder}' is a file; give a folder to write the weights to")
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            read_config(folder)
+        except PretrainedError:
+            raise PretrainedError(
+                f"'{folder}' is not empty and holds no {CONFIG} of this project; give an empty "
+                f"or new folder (nothing was written)"
+            ) from None
     config = {
         "format": FORMAT,
         "model_name": name,
@@ -50,23 +64,23 @@ def save_pretrained(
         **(info or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        save_file(tensors, staging / WEIGHTS, metadata={"format": "pt", "model_name": name})
-        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        os.chmod(staging, 0o777 & ~_umask())
-        old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / folder.name)
-        os.replace(staging, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    _replace(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _replace(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return folder
+
+
+def _replace(path: Path, write: Callable[[str], object]) -> None:
+    """``write(temporary path)`` beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:
@@ -145,7 +159,6 @@ def export_checked_folder(
     with torch.no_grad():
         diff = (model.eval()(x) - rebuilt(x)).abs().max().item()
     if diff > tolerance:
-        shutil.rmtree(folder)
         raise PretrainedError(f"'{folder}': logits differ by {diff:.2e} (> {tolerance:g})")
     mb = (folder / WEIGHTS).stat().st_size / 1e6
     return (

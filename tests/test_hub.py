@@ -53,15 +53,26 @@ def test_export_safetensors_round_trip_gives_the_checkpoints_logits(
         torch.testing.assert_close(rebuilt(x), original(x), atol=1e-6, rtol=0)
 
 
-def test_saving_over_a_folder_replaces_it_whole(tmp_path: Path) -> None:
-    folder = tmp_path / "dasnet"
+def test_saving_again_replaces_the_weights_and_keeps_a_model_card(tmp_path: Path) -> None:
+    folder = tmp_path / "thin"
     small = build_model("thindyunet", width=8, stages=2)
     save_pretrained(small, "thindyunet", {"width": 8, "stages": 2}, folder)
-    (folder / "README.md").write_text("old notes")
+    (folder / "README.md").write_text("model card")
     save_pretrained(small, "thindyunet", {"width": 8, "stages": 2}, folder, {"epoch": 9})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     assert json.loads((folder / "config.json").read_text())["epoch"] == 9
-    assert [p.name for p in tmp_path.iterdir()] == ["dasnet"]  # no staging folders left
+
+
+def test_a_folder_of_other_things_is_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    small = build_model("thindyunet", width=8, stages=2)
+    with pytest.raises(PretrainedError, match="not empty and holds no config.json"):
+        save_pretrained(small, "thindyunet", {"width": 8, "stages": 2}, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_a_folder_that_does_not_fit_names_the_file(tmp_path: Path) -> None:
