@@ -248,7 +248,8 @@ def decode_mask(
         )
     try:
         im.load()
-        if im.mode in _ALPHA_MODES:  # rare: find the UAV pixels the slow way
+        # rare: find the UAV pixels the slow way (Pillow's getbbox misreads 16-bit rows)
+        if im.mode in _ALPHA_MODES or im.mode in _WIDE_MODES:
             full = _nonzero(im)
             rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
             bbox = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) if rows.size else None

@@ -40,7 +40,7 @@ from .config import to_yaml
 from .evaluate import validate
 from .loaders import ensure_demo_data, make_dataset, make_loader
 from .losses import SegmentationLoss
-from .runfolder import RunFolder, RunFolderError
+from .runfolder import RunFolder
 from .setup import autocast, build, saved_kwargs, seed_everything, setup_device
 from .visuals import log_examples
 
@@ -57,9 +57,6 @@ CSV_FIELDS = (
     "lr",
     "seconds",
 )
-
-
-__all__ = ["Interrupted", "RunFolderError", "TrainingError", "train"]
 
 
 class TrainingError(RuntimeError):
