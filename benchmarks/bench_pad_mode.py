@@ -4,8 +4,8 @@ the padded 1920x1152 frame (what the pixels cost without the mode's padding and 
     python benchmarks/bench_pad_mode.py [--model dasnet] [--rounds 5] [--device cpu]
 
 Both sides run interleaved in one process, on the same optimised model, after one warm-up each;
-the ratio is of the medians. Target (issue 15): pad <= 1.2x the plain forward. A slide with one
-whole-frame tile is timed too (it must cost what pad costs: one forward).
+the ratio is of the medians. Target (issue 15): pad <= 1.2x the plain forward. ``--slide`` also
+times a slide with one whole-frame tile (it must cost what pad costs: one forward).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", nargs=2, type=int, default=[1080, 1920], metavar=("H", "W"))
+    p.add_argument("--slide", action="store_true", help="also a slide with one whole-frame tile")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -57,17 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             main_logits(model(padded)).float()
 
-    sides = {
-        "plain forward": plain,
-        "pad": lambda: pad(frame),
-        "slide, one tile": lambda: slide(frame),
-    }
+    sides = {"plain forward": plain, "pad": lambda: pad(frame)}
+    if args.slide:
+        sides["slide, one tile"] = lambda: slide(frame)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for fn in sides.values():  # warm-up: buffers, workspace
         fn()
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, fn in sides.items():
             times[name].append(timed(fn, device))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
     base = statistics.median(times["plain forward"])
     print(
         f"{args.model} on {device} ({torch.get_num_threads()} threads), frame {h}x{w}, "

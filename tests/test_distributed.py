@@ -72,4 +72,9 @@ def test_parallel_test_metrics_equal_a_single_process(tiny_root, tmp_path):
     assert par["processes"] == 2 and ref["processes"] == 1 and par["overall"]["images"] == 7
     for key in ("precision", "recall", "dice", "miou"):
         assert par["overall"][key] == pytest.approx(ref["overall"][key], abs=1e-9)
+    # the breakdowns gather every process's images once
+    assert {k: v["images"] for k, v in par["sizes"].items()} == {
+        k: v["images"] for k, v in ref["sizes"].items()
+    }
+    assert len((tmp_path / "par" / "thindyunet_images.csv").read_text().splitlines()) == 1 + 7
     assert one["overall"]["images"] == 8
