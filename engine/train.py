@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import build_model, count_parameters, to_channels_last
+from models import build_model, count_parameters, optimize_for_training, to_channels_last
 
 from . import distributed as dist
 from .checkpoint import (
@@ -206,6 +206,11 @@ def build(cfg: DictConfig, device: torch.device) -> nn.Module:
     """The configured model on its device (channels_last if asked), seeded for its init."""
     seed_everything(cfg.dataset.seed, cfg.trainer.deterministic)
     model = build_model(cfg.model.name, **model_overrides(cfg)).to(device)
+    t = cfg.trainer
+    # the fast modules pay on the CPU in FP32, eager (BENCHMARKS.md); elsewhere plain PyTorch
+    auto = device.type == "cpu" and t.amp.value == "off" and not t.compile
+    if t.fused.value == "on" or (t.fused.value == "auto" and auto):
+        model = optimize_for_training(model)
     if cfg.trainer.channels_last:
         model = to_channels_last(model)
     return model
