@@ -105,3 +105,22 @@ def test_dynamic_models_need_image_sides_multiple_of_128():
     with pytest.raises(ConfigError, match=r"dataset\.image_size.*\[200, 256\].*multiples of 128"):
         check_image_size(cfg)
     check_image_size(load_config("unet", overrides=["dataset.image_size=[192,192]"]))
+
+
+def test_dyconv_init_defaults_to_the_paper_and_reaches_the_model():
+    assert model_overrides(load_config("dasnet"))["dyconv_init"] == "paper"
+    cfg = load_config("dasnet", overrides=["model.dyconv_init=kaiming"])
+    assert model_overrides(cfg)["dyconv_init"] == "kaiming"
+    model = build_model("dasnet", **model_overrides(cfg))
+    assert model.encoder[1][0].weight.std().item() < 0.1  # sqrt(2 / 576) = 0.059, not 1
+    with pytest.raises(ConfigError, match="dyconv_init"):
+        load_config("dasnet", overrides=["model.dyconv_init=xavier"])
+    with pytest.raises(ConfigError, match="model.dyconv_init"):
+        model_overrides(load_config("unet", overrides=["model.dyconv_init=kaiming"]))
+
+
+def test_trainer_fused_is_auto_by_default_and_checked():
+    assert all(load_config(n).trainer.fused.value == "auto" for n in MODEL_NAMES)
+    assert load_config("dasnet", overrides=["trainer.fused=off"]).trainer.fused.value == "off"
+    with pytest.raises(ConfigError, match="fused"):
+        load_config("dasnet", overrides=["trainer.fused=maybe"])
