@@ -49,11 +49,12 @@ class DyconvInit(str, Enum):
 
 
 class Fused(str, Enum):
-    """models.optimize_for_training: auto = where it pays (CPU, FP32, eager), on, off."""
+    """models.optimize_for_training: auto = where it pays (CPU, FP32, eager), always, never.
+    (Not on/off: YAML reads those as booleans.)"""
 
     auto = "auto"
-    on = "on"
-    off = "off"
+    always = "always"
+    never = "never"
 
 
 class NonFinite(str, Enum):

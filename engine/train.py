@@ -209,7 +209,7 @@ def build(cfg: DictConfig, device: torch.device) -> nn.Module:
     t = cfg.trainer
     # the fast modules pay on the CPU in FP32, eager (BENCHMARKS.md); elsewhere plain PyTorch
     auto = device.type == "cpu" and t.amp.value == "off" and not t.compile
-    if t.fused.value == "on" or (t.fused.value == "auto" and auto):
+    if t.fused.value == "always" or (t.fused.value == "auto" and auto):
         model = optimize_for_training(model)
     if cfg.trainer.channels_last:
         model = to_channels_last(model)
