@@ -7,12 +7,12 @@
 Per model: trainable parameters; forward GFLOPs at --size (FlopCounterMode, multiply-add = 2;
 "opt" after optimize_for_inference's exact rewrites); batch-1 latency (warm-up, then the median
 of --repeats; CUDA synchronised) and FPS; optionally onnxruntime's CPU latency; training images/s
-at --train-batch x --train-size (forward, loss with deep supervision where the model has it,
-backward, AdamW step); peak memory (CUDA max_memory_allocated, or the process's RSS sampled
-above its level before the run). For dasnet the straightforward reference implementation
-(benchmarks/reference_dasnet.py) is timed interleaved with ours on the same inputs and weights,
-and the speed-ups are printed; where ours runs in a CPU workspace (models/banded.py), ours
-without it is timed in the same interleaving too.
+at --train-batch x --train-size after optimize_for_training (forward, the project's loss of
+engine/losses.py, backward, AdamW step); peak memory (CUDA max_memory_allocated, or the
+process's RSS sampled above its level before the run). For dasnet the straightforward reference
+implementation (tests/reference_dasnet.py, the tests' oracle) is timed interleaved with ours on
+the same inputs and weights, and the speed-ups are printed; where ours runs in a CPU workspace
+(models/fast/banded.py), ours without it is timed in the same interleaving too.
 """
 
 from __future__ import annotations
@@ -29,24 +29,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.reference_dasnet import reference_from
 from engine.cpu import keep_freed_memory
+from engine.losses import SegmentationLoss
 from engine.setup import autocast
 from models import (
     BASELINES,
     MODEL_NAMES,
     build_model,
     count_parameters,
-    has_deep_supervision,
     optimize_for_inference,
+    optimize_for_training,
     to_channels_last,
 )
-
-AUX_WEIGHT = 0.4
+from tests.reference_dasnet import reference_from
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="timed runs (after warm-up)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-optimize", action="store_true", help="time the plain eval model")
+    p.add_argument("--no-optimize", action="store_true", help="time the plain models")
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument(
         "--onnx",
@@ -137,27 +135,19 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         result["mb"] = max(0, max(peak[0], _rss_bytes()) - base) / 2**20
 
 
-def bce(logits: Tensor, target: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
-
-
 def make_train_step(
     model: nn.Module, x: Tensor, y: Tensor, args: argparse.Namespace
 ) -> Callable[[], float]:
-    """One AdamW step on (x, y): forward, main + 0.4 * sum(aux) BCE loss, backward, update."""
+    """One AdamW step on (x, y): forward, the training loss (engine/losses.py), backward, update."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    deep = has_deep_supervision(model)
+    criterion = SegmentationLoss()
     device = x.device
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast(args.amp or "off", device):
             out = model(x)
-        if deep:
-            main, aux = out
-            loss = bce(main, y) + AUX_WEIGHT * sum(bce(a, y) for a in aux)
-        else:
-            loss = bce(out, y)
+        loss = criterion(out, y)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -249,7 +239,7 @@ def inference_model(
 
 
 def uses_workspace(model: nn.Module, x: Tensor) -> bool:
-    """Whether ``model(x)`` runs in a workspace (models/banded.py): only large enough maps do."""
+    """Whether ``model(x)`` runs in a workspace (models/fast/banded.py): only large maps do."""
     ws = getattr(model, "workspace", None)
     if ws is None:
         return False
@@ -300,6 +290,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         xt = torch.rand(b, 3, s, s, device=device).contiguous(memory_format=fmt)
         yt = (torch.rand(b, 1, s, s, device=device) > 0.9).float()
         model.train()
+        if not args.no_optimize:
+            optimize_for_training(model)
         if args.channels_last:
             to_channels_last(model)
         trained = torch.compile(model) if args.compile else model

@@ -42,6 +42,22 @@ class Amp(str, Enum):
     fp16 = "fp16"
 
 
+class DyconvInit(str, Enum):
+    """The dynamic convolutions' kernel banks: N(0, 1) as the paper's code, or He (kaiming)."""
+
+    paper = "paper"
+    kaiming = "kaiming"
+
+
+class Fused(str, Enum):
+    """models.optimize_for_training: auto = where it pays (CPU, FP32, eager), always, never.
+    (Not on/off: YAML reads those as booleans.)"""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
 class NonFinite(str, Enum):
     stop = "stop"
     skip = "skip"
@@ -94,6 +110,7 @@ class ModelConfig:
     stages: int | None = None
     num_kernels: int | None = None
     encoder_name: str | None = None  # smp baselines: the encoder (default: the paper's)
+    dyconv_init: DyconvInit | None = None  # the dynamic models: paper (default) or kaiming
     encoder_weights: str | None = None
 
 
@@ -129,6 +146,7 @@ class TrainerConfig:
     amp: Amp = Amp.off
     channels_last: bool = False
     compile: bool = False
+    fused: Fused = Fused.auto  # the fast training modules of models/fast/ (BENCHMARKS.md)
     keep_freed_memory: bool = True  # CPU on Linux: glibc reuses freed activations (engine/cpu.py)
     deterministic: bool = False
     resume: bool = False
@@ -376,6 +394,8 @@ def model_overrides(cfg: DictConfig) -> dict[str, Any]:
     allowed = valid_overrides(cfg.model.name)
     items = OmegaConf.to_container(cfg.model)
     kwargs = {k: v for k, v in items.items() if k != "name" and v is not None}
+    if "dyconv_init" in kwargs:
+        kwargs["dyconv_init"] = kwargs["dyconv_init"].value
     if cfg.model.name in BASELINES:
         kwargs["encoder_weights"] = cfg.model.encoder_weights
     for key in kwargs:

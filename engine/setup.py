@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from models import build_model, to_channels_last
+from models import build_model, optimize_for_training, to_channels_last
 
 from . import distributed as dist
 from .config import ConfigError, model_overrides
@@ -74,8 +74,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """The configured model on its device (channels_last if asked), seeded for its init.
+def build(cfg: DictConfig, device: torch.device, training: bool = False) -> nn.Module:
+    """The configured model on its device (channels_last if asked), seeded for its init; for
+    ``training``, with the fast training modules where ``trainer.fused`` says so.
 
     Settings the model refuses (e.g. too few stages for deep supervision) are a ConfigError
     naming the model keys; the configured input sides are checked against the model.
@@ -89,6 +90,8 @@ def build(cfg: DictConfig, device: torch.device) -> nn.Module:
         raise ConfigError(f"config keys {keys or 'model.*'}: {exc}") from None
     check_image_size(cfg, model)
     model = model.to(device)
+    if training and use_fused(cfg, device):
+        model = optimize_for_training(model)
     if cfg.trainer.channels_last:
         model = to_channels_last(model)
     return model
@@ -104,6 +107,15 @@ def check_image_size(cfg: DictConfig, model: nn.Module) -> None:
                 f"config key '{key}' = {size}: {cfg.model.name} needs sides that are multiples "
                 f"of {multiple}, e.g. [{multiple * 4}, {multiple * 4}]"
             )
+
+
+def use_fused(cfg: DictConfig, device: torch.device) -> bool:
+    """``trainer.fused``: ``auto`` uses models/fast/'s training modules where they pay (the CPU,
+    FP32, eager: BENCHMARKS.md), ``always`` everywhere, ``never`` nowhere."""
+    t = cfg.trainer
+    if t.fused.value == "auto":
+        return device.type == "cpu" and t.amp.value == "off" and not t.compile
+    return t.fused.value == "always"
 
 
 def saved_kwargs(cfg: DictConfig) -> dict[str, Any]:

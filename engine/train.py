@@ -503,7 +503,7 @@ def train(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """
     t = cfg.trainer
     device = setup_device(cfg)
-    model = build(cfg, device)
+    model = build(cfg, device, training=True)
     ensure_demo_data(cfg)
     train_set, val_set = make_dataset(cfg, "train"), make_dataset(cfg, "val")
     train_loader = make_loader(cfg, train_set, True, cfg.dataset.batch_size, device)

@@ -8,10 +8,10 @@ from torch import nn
 
 from .attention_gate import AttentionGate
 from .baselines import BASELINES, PretrainedWeightsError, build_baseline
-from .dynamic_conv import DyConv2d, DyConvBlock, dynamic_conv2d
+from .dynamic_conv import INITS, DyConv2d, DyConvBlock
 from .dyunet import VARIANTS, DyUNet
+from .fast import optimize_for_inference, optimize_for_training, to_channels_last
 from .hub import from_pretrained, save_pretrained
-from .inference import optimize_for_inference, to_channels_last
 
 MODEL_NAMES: tuple[str, ...] = (
     "dasnet",
@@ -25,7 +25,7 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 
 # What a user may override per family (the switches are what makes a variant, so they are fixed).
-DYNAMIC_OVERRIDES = ("in_channels", "classes", "width", "stages", "num_kernels")
+DYNAMIC_OVERRIDES = ("in_channels", "classes", "width", "stages", "num_kernels", "dyconv_init")
 BASELINE_OVERRIDES = ("in_channels", "classes", "encoder_name", "encoder_weights")
 
 
@@ -71,13 +71,14 @@ __all__ = [
     "DyConv2d",
     "DyConvBlock",
     "DyUNet",
+    "INITS",
     "PretrainedWeightsError",
     "build_model",
     "count_parameters",
-    "dynamic_conv2d",
     "from_pretrained",
     "has_deep_supervision",
     "optimize_for_inference",
+    "optimize_for_training",
     "save_pretrained",
     "to_channels_last",
     "valid_overrides",

@@ -116,3 +116,23 @@ def test_dynamic_models_need_image_sides_multiple_of_128():
         check_image_size(cfg, build_model("dasnet"))
     unet = load_config("unet", overrides=["dataset.image_size=[192,192]"])
     check_image_size(unet, build_model("unet", encoder_weights=None))
+
+
+def test_dyconv_init_defaults_to_the_paper_and_reaches_the_model():
+    assert model_overrides(load_config("dasnet"))["dyconv_init"] == "paper"
+    cfg = load_config("dasnet", overrides=["model.dyconv_init=kaiming"])
+    assert model_overrides(cfg)["dyconv_init"] == "kaiming"
+    model = build_model("dasnet", **model_overrides(cfg))
+    assert model.encoder[1][0].weight.std().item() < 0.1  # sqrt(2 / 576) = 0.059, not 1
+    with pytest.raises(ConfigError, match="dyconv_init"):
+        load_config("dasnet", overrides=["model.dyconv_init=xavier"])
+    with pytest.raises(ConfigError, match="model.dyconv_init"):
+        model_overrides(load_config("unet", overrides=["model.dyconv_init=kaiming"]))
+
+
+def test_trainer_fused_is_auto_by_default_and_checked():
+    assert all(load_config(n).trainer.fused.value == "auto" for n in MODEL_NAMES)
+    assert load_config("dasnet", overrides=["trainer.fused=never"]).trainer.fused.value == "never"
+    for bad in ("maybe", "off"):  # YAML reads off as false
+        with pytest.raises(ConfigError, match="fused"):
+            load_config("dasnet", overrides=[f"trainer.fused={bad}"])

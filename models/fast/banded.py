@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dynamic_conv import DyConvBlock, _aggregate
+from ..dynamic_conv import DyConvBlock
+from .dynamic_conv import aggregate, kernel_weights
 
 # pixels, per-channel mean, per-channel sum of squared deviations
 Moments = tuple[int, Tensor, Tensor]
@@ -197,7 +198,7 @@ def run_block(block: nn.Module, x: Tensor, ws: Workspace, name: str) -> Tensor:
         if not ws.holds(x, c, h, w) or dyconv.padding != dyconv.weight.shape[-1] // 2:
             return block(x)
         rows = ws.rows(x, c)
-        kernel = _aggregate(dyconv.weight, dyconv.kernel_weights(x))[0]
+        kernel = aggregate(dyconv.weight, kernel_weights(dyconv, x))[0]
         moments: list[Moments] = []
         out = conv_rows_into(x, kernel, None, ws.map(name, x, c, h, w), rows, moments)
         _activate_rows(out, rows, act.negative_slope, *group_norm_affine(norm, moments))

@@ -1,4 +1,4 @@
-"""Row-banded inference (models/banded.py) computes what the plain eval forward does."""
+"""models/fast/banded.py: row-banded inference computes what the plain eval forward does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from models import VARIANTS, build_model, optimize_for_inference
-from models.banded import Workspace, conv_rows_into, group_norm_affine, max_pool_rows
+from models.fast.banded import Workspace, conv_rows_into, group_norm_affine, max_pool_rows
 
 NHWC = torch.channels_last
 

@@ -1,4 +1,5 @@
-"""A straightforward DAS-Net, written plainly from SPEC sections 2-3: the baseline of benchmark.py.
+"""A straightforward DAS-Net, written plainly from SPEC sections 2-3: a test oracle, and the
+baseline benchmark.py times ours against.
 
 Kernel aggregation and one grouped convolution over the batch, NCHW, every step as the paper
 describes it (upsample, gate, concatenate, convolve; a 3x3 then a 1x1 output conv), nothing

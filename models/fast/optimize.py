@@ -1,7 +1,10 @@
-"""Exact rewrites that make a trained model faster at inference.
+"""The two doors to the fast layer: ``optimize_for_inference`` and ``optimize_for_training``.
 
-Every rewrite is algebra on the weights (no approximation), so the optimized model gives the
-same logits as the eval-mode original up to float rounding:
+Training: each DyUNet becomes its fast twin in place (``FastDyUNet``: the same Parameter
+objects, so optimizers and state_dict keys are unaffected). Inference: a copy, in eval mode,
+with the fast dynamic convolutions (``FastDyConv2d``) and exact rewrites besides. Every
+rewrite is algebra on the weights (no approximation), so the optimized model gives the same
+logits as the eval-mode original up to float rounding:
 - the DyUNet output head conv3x3 -> conv1x1 becomes one conv3x3 (``fold_head``);
 - a BatchNorm that directly follows a convolution is folded into that convolution (smp
   baselines: Conv2dReLU blocks, the ResNet encoder, PAN's ConvBnRelu);
@@ -18,9 +21,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from ..dynamic_conv import DyConv2d
+from ..dyunet import DyUNet
 from .banded import Workspace
-from .dynamic_conv import DyConv2d, bank_to_channels_last
-from .dyunet import DyUNet, fold_head
+from .dynamic_conv import FastDyConv2d, bank_to_channels_last
+from .dyunet import FastDyUNet, fold_head
 
 # Modules whose forward runs conv -> bn by attribute name, with nothing else reading the conv's
 # output: folding is exact there. (Sequential containers are handled by adjacency.)
@@ -71,10 +76,37 @@ def fold_batchnorms(model: nn.Module) -> int:
     return folded
 
 
+_INFERENCE_TWINS: dict[type, type] = {DyConv2d: FastDyConv2d, DyUNet: FastDyUNet}
+
+
+def _swap(model: nn.Module, twins: dict[type, type]) -> nn.Module:
+    """Change each module whose exact type is a key of ``twins`` to that fast subclass."""
+    for module in model.modules():
+        twin = twins.get(type(module))
+        if twin is not None:
+            module.__class__ = twin
+    return model
+
+
+def optimize_for_training(model: nn.Module) -> nn.Module:
+    """Swap the fast training twins into ``model`` in place and return it.
+
+    Each plain DyUNet becomes a ``FastDyUNet`` (fused upsample + gate + concatenation, the
+    output head as one product shared with the last aux head): the module objects, their
+    Parameter objects and the state_dict keys stay, so an optimizer built before still steps
+    the same tensors. The dynamic convolutions stay plain: the fast ones made the gradients
+    differ from run to run at 2 threads (tests/test_determinism.py). The fast forward computes
+    the plain one's math (tests/test_fast_dyunet.py) and pays on the CPU in FP32 (BENCHMARKS.md);
+    on CUDA, under autocast or compiled it falls back to plain PyTorch where its hand-written
+    parts do not apply.
+    """
+    return _swap(model, {DyUNet: FastDyUNet})
+
+
 def _fold_dyunet_head(model: nn.Module) -> None:
     """Replace each DyUNet's conv3x3 -> conv1x1 head by the single equal conv3x3."""
     for module in model.modules():
-        if isinstance(module, DyUNet) and isinstance(module.head, nn.Sequential):
+        if isinstance(module, FastDyUNet) and isinstance(module.head, nn.Sequential):
             conv = module.head[0]
             weight, bias = fold_head(module.head)
             folded = nn.Conv2d(conv.in_channels, weight.shape[0], 3, padding=1)
@@ -94,14 +126,16 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     """Put ``model``'s conv weights in channels_last, in place, and return it.
 
     ``model.to(memory_format=torch.channels_last)`` refuses the DyConv kernel banks (5-D); here
-    they get the matching layout (C_in innermost), and each DyUNet turns its input to NHWC.
+    they get the matching layout (C_in innermost) and convolve per sample (``FastDyConv2d``),
+    and each DyUNet (made a ``FastDyUNet``) turns its input to NHWC.
     """
+    _swap(model, _INFERENCE_TWINS)
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
         elif isinstance(module, DyConv2d):
             module.weight.data = bank_to_channels_last(module.weight.data)
-        elif isinstance(module, DyUNet):
+        elif isinstance(module, FastDyUNet):
             module.memory_format = torch.channels_last
     return model
 
@@ -119,7 +153,7 @@ def optimize_for_inference(
     gives each DyUNet a ``Workspace`` (row-banded large maps, buffers kept between calls) where
     it pays: CPU, channels_last, not compiled (the compiler plans its own memory).
     """
-    model = copy.deepcopy(model).eval()
+    model = _swap(copy.deepcopy(model).eval(), _INFERENCE_TWINS)
     with torch.no_grad():
         fold_batchnorms(model)
         _fold_dyunet_head(model)
@@ -138,7 +172,7 @@ def optimize_for_inference(
         )
     if workspace:
         for module in model.modules():
-            if isinstance(module, DyUNet):
+            if isinstance(module, FastDyUNet):
                 module.workspace = Workspace()
     if compile:
         model = torch.compile(model)
