@@ -54,9 +54,9 @@ HEADERS = [
     "file",
     "frames",
     "size (HxW)",
-    "UAV pixels (per frame)",
+    "UAV pixels",
     "UAV fraction",
-    "latency (ms)",
+    "latency ms",
     "device",
 ]
 
