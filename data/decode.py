@@ -174,7 +174,9 @@ def decode_mask(
     """
     try:
         im.load()
-        if im.mode in _ALPHA_MODES:  # rare: find the UAV pixels the slow way
+        # Rare: find the UAV pixels the slow way. Pillow < 13 (which gradio needs) takes the
+        # bounding box of a 16-bit image over its bytes, not its pixels.
+        if im.mode in _ALPHA_MODES or im.mode.startswith(("I", "F")):
             full = _nonzero(im)
             rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
             bbox = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) if rows.size else None
