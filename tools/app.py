@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import logging
 import os
 import shutil
@@ -54,9 +53,9 @@ HEADERS = [
     "file",
     "frames",
     "size (HxW)",
-    "UAV pixels (per frame)",
+    "UAV pixels",
     "UAV fraction",
-    "latency (ms)",
+    "latency ms",
     "device",
 ]
 
@@ -67,13 +66,26 @@ def modes() -> tuple[str, ...]:
 
 
 def make_predictor(
-    model: nn.Module, size: tuple[int, int], device: torch.device, threshold: float, mode: str
+    model: nn.Module,
+    ckpt: dict[str, Any],
+    device: torch.device,
+    threshold: float,
+    mode: str,
+    size: tuple[int, int] | None = None,
 ) -> predict.Predictor:
-    """predict.py's Predictor; ``mode`` is passed on where the Predictor takes one."""
+    """predict.py's Predictor for ``mode``, set up as predict.py sets it up by default.
+
+    Where predict has its own ``make_predictor`` (with --mode, --tile...), the page goes through
+    it with predict's own defaults, so the page and the command line cannot drift apart.
+    """
     if mode not in modes():
         raise ToolError(f"mode '{mode}' is not one of {', '.join(modes())}")
-    kwargs = {"mode": mode} if "mode" in inspect.signature(predict.Predictor).parameters else {}
-    return predict.Predictor(model, size, device, threshold, **kwargs)
+    if hasattr(predict, "make_predictor"):
+        argv = ["--mode", mode, "--threshold", repr(threshold)]
+        argv += ["--size", *map(str, size)] if size else []
+        return predict.make_predictor(model, ckpt, device, predict.parser().parse_args(argv))
+    size = input_size(ckpt, list(size) if size else None)
+    return predict.Predictor(model, size, device, threshold)
 
 
 # -- the model picker ---------------------------------------------------------------------------
@@ -205,11 +217,9 @@ class Segmenter:
         if self._loaded is None or self._loaded[0] != key:
             self._loaded = None  # the old model is freed before the new one loads
             model, ckpt = load_for_inference(where, None, self.device)
-            size = input_size(ckpt, list(self.size) if self.size else None)
             # One warm-up frame, so the first upload's latency is the model's, not its start-up.
-            make_predictor(model, size, self.device, 0.5, modes()[0])(
-                [np.zeros((*size, 3), np.uint8)]
-            )
+            warm = make_predictor(model, ckpt, self.device, 0.5, modes()[0], self.size)
+            warm([np.zeros((*warm.size, 3), np.uint8)])
             self._loaded = (key, model, ckpt)
         return self._loaded[1], self._loaded[2]
 
@@ -232,8 +242,7 @@ class Segmenter:
             if not 0 < threshold < 1:
                 raise ToolError(f"threshold {threshold} must lie strictly between 0 and 1")
             model, ckpt = self.load(checkpoint)
-            size = input_size(ckpt, list(self.size) if self.size else None)
-            predictor = make_predictor(model, size, self.device, float(threshold), mode)
+            predictor = make_predictor(model, ckpt, self.device, float(threshold), mode, self.size)
         except EXPECTED_ERRORS as exc:
             out.message = f"**error:** {exc}"
             return out.values()
@@ -247,9 +256,10 @@ class Segmenter:
             except EXPECTED_ERRORS as exc:
                 errors.append(f"**{source.name}:** {exc}")
         done = len(files) - len(errors)
+        at = f" at {predictor.size[0]}x{predictor.size[1]}" if predictor.size else ""
         summary = (
-            f"{ckpt['model_name']} from `{checkpoint}` at {size[0]}x{size[1]}, mode {mode}, "
-            f"threshold {threshold:g} on {self.device}: {done} of {len(files)} files segmented."
+            f"{ckpt['model_name']} from `{checkpoint}`{at}, mode {mode}, threshold "
+            f"{threshold:g} on {self.device}: {done} of {len(files)} files segmented."
         )
         out.message = "\n\n".join([summary, *errors])
         return out.values()
