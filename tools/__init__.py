@@ -44,8 +44,12 @@ EXPECTED_ERRORS = (
 
 def run_cli(body: Callable[[], int]) -> int:
     """Run a tool's body; an expected failure becomes one ``error:`` line and exit code 2."""
+    # force: a handler from an earlier call may hold a stream that is closed now
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
     )
     try:
         return body()
