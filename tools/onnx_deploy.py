@@ -241,7 +241,9 @@ def quantize_int8(
     sess = session(fp32)
     name = sess.get_inputs()[0].name
     pre = out.with_name(f".{out.stem}.pre.onnx")
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quantizer chatter
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # the quantizer warns per tensor on the root logger
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         try:
@@ -254,17 +256,25 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                # ranges folded in after every image: memory stays one image's activations
-                extra_options={"CalibMaxIntermediateOutputs": 1},
+                extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(calibration))},
             )
             how = f"static QDQ, per-channel weights, {len(calibration)} calibration images"
         except Exception as exc:
-            logger.warning("static quantization failed (%s); falling back to dynamic", exc)
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
-            how = f"dynamic (weights only; static failed: {type(exc).__name__})"
+            how = f"dynamic, weights only (static failed: {type(exc).__name__}: {exc})"
     finally:
+        root.setLevel(level)
         pre.unlink(missing_ok=True)
+    if how.startswith("dynamic"):
+        logger.warning("int8: %s", how)
     return how
+
+
+def _flush_every(n: int) -> int:
+    """Calibration images between range merges: small (memory: every activation of each image
+    is kept until the merge) and not dividing ``n``, since onnxruntime refuses a last merge
+    that finds nothing left."""
+    return next(k for k in range(2, n + 2) if n % k)
 
 
 def evaluate_onnx(
