@@ -29,7 +29,7 @@ from . import ToolError
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4  # relative to max(1, largest |logit|): float32 rounding of a long sum
+TOLERANCE = 2e-4  # x max(1, largest |logit|): float32 rounding measured at 9e-5 of it (512)
 MIN_MASK_AGREEMENT = 0.999  # fraction of pixels whose mask (logit > 0) must be the same
 DEFAULT_FORM = "aggregated"  # fastest exact form measured (BENCHMARKS.md, "ONNX deployment")
 BATCH_FORM = "mixture"  # fastest measured form whose graph takes any batch
