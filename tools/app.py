@@ -37,7 +37,6 @@ from . import (
     DEMO_RUNS,
     EXPECTED_ERRORS,
     ToolError,
-    input_size,
     load_for_inference,
     pick_device,
     predict,
@@ -61,8 +60,8 @@ HEADERS = [
 
 
 def modes() -> tuple[str, ...]:
-    """The inference modes predict offers (just resizing until it names others in MODES)."""
-    return tuple(getattr(predict, "MODES", ("resize",)))
+    """The inference modes predict offers (engine/inference_modes.py)."""
+    return tuple(predict.MODES)
 
 
 def make_predictor(
@@ -75,17 +74,14 @@ def make_predictor(
 ) -> predict.Predictor:
     """predict.py's Predictor for ``mode``, set up as predict.py sets it up by default.
 
-    Where predict has its own ``make_predictor`` (with --mode, --tile...), the page goes through
-    it with predict's own defaults, so the page and the command line cannot drift apart.
+    The page goes through predict's own ``make_predictor`` with predict's own defaults (tile,
+    stride, padding), so the page and the command line cannot drift apart.
     """
     if mode not in modes():
         raise ToolError(f"mode '{mode}' is not one of {', '.join(modes())}")
-    if hasattr(predict, "make_predictor"):
-        argv = ["--mode", mode, "--threshold", repr(threshold)]
-        argv += ["--size", *map(str, size)] if size else []
-        return predict.make_predictor(model, ckpt, device, predict.parser().parse_args(argv))
-    size = input_size(ckpt, list(size) if size else None)
-    return predict.Predictor(model, size, device, threshold)
+    argv = ["--mode", mode, "--threshold", repr(threshold)]
+    argv += ["--size", *map(str, size)] if size else []
+    return predict.make_predictor(model, ckpt, device, predict.parser().parse_args(argv))
 
 
 # -- the model picker ---------------------------------------------------------------------------
