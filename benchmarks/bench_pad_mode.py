@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(timed(fn, device))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
     base = statistics.median(times["plain forward"])
+    logits = torch.zeros(1, 1, *padded.shape[-2:], device=device)
+    extra = statistics.median(
+        timed(
+            lambda: (pad_to(frame, *padded.shape[-2:], "reflect"), logits[..., :h, :w].float()),
+            device,
+        )
+        for _ in range(20)
+    )
     print(
         f"{args.model} on {device} ({torch.get_num_threads()} threads), frame {h}x{w}, "
         f"padded {padded.shape[-2]}x{padded.shape[-1]}, median of {args.rounds} interleaved rounds"
@@ -76,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, ts in times.items():
         median = statistics.median(ts)
         print(f"  {name:16s} {median * 1000:9.1f} ms   {median / base:.3f}x the plain forward")
+    print(
+        f"  what pad adds (reflect padding and the crop, median of 20): {extra * 1000:.2f} ms, "
+        f"{extra / base:.2e} of the plain forward"
+    )
     return 0
 
 
