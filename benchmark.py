@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.cpu import keep_freed_memory
+from engine.latency import interleaved
 from engine.losses import SegmentationLoss
 from engine.setup import autocast
 from models import (
@@ -75,20 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (device work included)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def gflops(model: nn.Module, x: Tensor) -> float:
@@ -153,20 +139,6 @@ def make_train_step(
         return float(loss.detach())
 
     return step
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median seconds per call of each fn, the fns run in turn so they share machine load."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(timed(fn, device))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dict[str, object]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,18 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.inference_modes import Segmenter, make_settings, pad_to, size_multiple  # noqa: E402
+from engine.latency import timed  # noqa: E402
 from engine.losses import main_logits  # noqa: E402
 from models import MODEL_NAMES, build_model, optimize_for_inference  # noqa: E402
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:

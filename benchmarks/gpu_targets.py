@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import interleaved  # noqa: E402
+from engine.latency import interleaved  # noqa: E402
 from engine.losses import SegmentationLoss  # noqa: E402
 from models import build_model, optimize_for_inference  # noqa: E402
 

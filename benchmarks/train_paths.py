@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmark  # noqa: E402
+from engine.latency import interleaved  # noqa: E402
 from models import DyConv2d, build_model, optimize_for_training  # noqa: E402
 from models.fast import FastDyConv2d  # noqa: E402
 from tests.reference_dasnet import reference_from  # noqa: E402
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     step_args = benchmark.parse_args([])
     steps = {k: benchmark.make_train_step(m, x, y, step_args) for k, m in models.items()}
-    t = benchmark.interleaved(steps, torch.device("cpu"), args.repeats, 1)
+    t = interleaved(steps, torch.device("cpu"), args.repeats, 1)
     for k, v in t.items():
         print(f"{k}: {v * 1e3:.0f} ms/step, {t['reference'] / v:.2f}x the reference's speed")
     return t

@@ -1,7 +1,8 @@
 """The latency timer: forward time at batch 1, apart from data loading (SPEC section 6).
 
-One timer for the test script's latency (``measure_latency``) and the export's PyTorch and
-onnxruntime comparison (``time_ms``).
+One timer for the test script's latency (``measure_latency``), and one interleaved comparison
+(``interleaved``: the setups called in turn, so they share the machine's load) for the export,
+benchmark.py and the scripts under benchmarks/.
 """
 
 from __future__ import annotations
@@ -43,6 +44,35 @@ def time_ms(
             fn()
             times.append((time.perf_counter() - t0) * 1000)
     return times
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (device work included)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per call of each fn, the fns run in turn so they share the machine's load."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure_latency(

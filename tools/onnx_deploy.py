@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.latency import interleaved
 from engine.losses import main_logits
 from models import optimize_for_inference
 from models.deploy import FORMS, batch_independent, deploy_copy, has_dynamic_convs
@@ -192,16 +191,8 @@ def verify(
 
 def latencies(runners: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
     """Median ms of each runner, the runners called in turn so they share the machine's load."""
-    for _ in range(warmup):
-        for fn in runners.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for name, fn in runners.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    seconds = interleaved(runners, torch.device("cpu"), runs, warmup)
+    return {name: t * 1e3 for name, t in seconds.items()}
 
 
 def ort_runner(sess, x: np.ndarray) -> Callable[[], object]:
