@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 3600.0
 
 
+def start(args: list[str], script: str = "train_thindyunet.py") -> subprocess.Popen:
+    """Start a top-level script in the background (to signal or race it), output piped."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The demo dataset the --demo scripts generate (seed 0, default size)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,23 +11,13 @@ import torch
 
 from engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 
-from .conftest import HANG_GUARD_S, REPO, run, tiny_args
+from .conftest import HANG_GUARD_S, run, start, tiny_args
 
 EPOCHS = ["trainer.epochs=3", "trainer.deterministic=true"]
 
 
 def weights(path):
     return load_checkpoint(path)["model"]
-
-
-def start(args):
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train_thindyunet.py"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for(path, proc, timeout=HANG_GUARD_S):

@@ -27,7 +27,7 @@ from engine.cli import parse_args
 from engine.runfolder import LOCK_NAME, RunFolderError, RunLock
 from tools import export
 
-from .conftest import HANG_GUARD_S, REPO, run, tiny_args
+from .conftest import HANG_GUARD_S, run, start, tiny_args
 from .test_tools import make_checkpoint
 
 
@@ -172,16 +172,6 @@ def test_a_lock_held_by_a_live_process_is_refused_naming_folder_and_pid(tmp_path
     assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train_thindyunet.py"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.slow
