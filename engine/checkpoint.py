@@ -137,10 +137,13 @@ def load_model(
     map_location: str | torch.device = "cpu",
     name: str | None = None,
     train_hint: str = "",
+    into: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained as and load its weights; (model, checkpoint).
 
     A file saved by the DAS-Net authors' code (or a bare state_dict) loads too: models/authors.py.
+    ``into``: load this project's weights into that model instead (it must fit the checkpoint;
+    a mismatch names the tensor); an authors' file is still built at its own width.
     """
     from models import build_model
     from models.authors import AuthorsFormatError, load_authors
@@ -156,6 +159,9 @@ def load_model(
         raise CheckpointError(
             f"checkpoint '{path}' holds model '{ckpt.get('model_name')}', not '{name}'"
         )
+    if into is not None:
+        load_weights(into, ckpt, path, name)
+        return into, ckpt
     kwargs = dict(ckpt.get("model_kwargs", {}))
     if "encoder_weights" in kwargs:
         kwargs["encoder_weights"] = None  # the checkpoint holds the weights: never download

@@ -36,7 +36,7 @@ from .breakdown import (
     sweep,
     write_csv,
 )
-from .checkpoint import atomic_write_json, check_writable, load_model, load_weights
+from .checkpoint import atomic_write_json, check_writable, load_model
 from .config import ConfigError, model_overrides
 from .inference_modes import ModeError, Segmenter, check_frame, make_settings
 from .latency import measure_latency
@@ -104,14 +104,13 @@ def test(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     device = setup_device(cfg)
     model = build(cfg, device)
     ckpt_path = checkpoint_path(cfg)
-    # this project's checkpoint or the authors' (models/authors.py: built at the file's width)
-    loaded, ckpt = load_model(ckpt_path, device, cfg.model.name, train_hint=command)
+    # ours into the configured model (a mismatch names the tensor); the authors' file is built
+    # at its own width (models/authors.py)
+    model, ckpt = load_model(ckpt_path, device, cfg.model.name, train_hint=command, into=model)
     authors = ckpt.get("source") == "authors"
     if authors:
-        model = loaded.to(device)
+        model = model.to(device)
         model = to_channels_last(model) if cfg.trainer.channels_last else model
-    else:  # ours: the configured model must fit the checkpoint (a mismatch names the tensor)
-        load_weights(model, ckpt, ckpt_path, cfg.model.name)
     out = results_path(cfg)
     if dist.is_main():
         check_writable(out.parent)
