@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import atomic_write_text
+from engine.inference_modes import MODES
 from models.published import FINAL_STATS, FIRST_VERSION, LABELS, REFERENCE_NOTES, REFERENCES
 
 # The published tables live in models/published.py; PAPER is the one a report compares with.
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--mode",
         default="resize",
-        choices=("resize", "pad", "slide"),
+        choices=MODES,
         help="the test.mode whose results to tabulate (default: resize, the paper's protocol)",
     )
     args = p.parse_args(argv)

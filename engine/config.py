@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .inference_modes import MODES, PADDINGS
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
@@ -63,18 +65,10 @@ class NonFinite(str, Enum):
     skip = "skip"
 
 
-class InferenceMode(str, Enum):
-    """engine/inference_modes.MODES: how test frames meet the model."""
-
-    resize = "resize"
-    pad = "pad"
-    slide = "slide"
-
-
-class Padding(str, Enum):
-    reflect = "reflect"
-    zeros = "zeros"
-    none = "none"
+# How test frames meet the model, and how pad/slide fill the border: the names live in
+# engine/inference_modes.py, the schema only types them.
+InferenceMode = Enum("InferenceMode", {m: m for m in MODES}, type=str)
+Padding = Enum("Padding", {p: p for p in PADDINGS}, type=str)
 
 
 @dataclass
