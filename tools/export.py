@@ -51,6 +51,7 @@ from .onnx_deploy import (
     export_onnx,
     fixed_batch,
     latencies,
+    layout_note,
     ort_runner,
     pick_form,
     quantize_int8,
@@ -264,6 +265,11 @@ def _quantize(
     x = np.random.default_rng(0).random((1, in_channels, *size), dtype=np.float32)
     ms = latencies({k: ort_runner(s, x) for k, s in sessions.items()}, 2, args.runs)
     f, q = scores["fp32"], scores["int8"]
+    advice = (
+        ["  int8 is not faster than FP32 here: deploy the FP32 file (BENCHMARKS.md says why)"]
+        if ms["int8"] >= ms["fp32"]
+        else []
+    )
     return "\n".join(
         [
             f"int8 -> {out} ({out.stat().st_size / 1e6:.1f} MB; {how})",
@@ -272,6 +278,7 @@ def _quantize(
             f"({q['dice'] - f['dice']:+.4f})",
             f"  onnxruntime latency, batch 1, interleaved, median of {args.runs}: FP32 "
             f"{ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['fp32'] / ms['int8']:.2f}x)",
+            *advice,
         ]
     )
 
@@ -312,7 +319,8 @@ def _report(
             for what, r in results.items()
         ),
         f"  latency, batch 1, CPU, interleaved, median of {args.runs}: PyTorch "
-        f"(optimize_for_inference) {ms['torch']:.2f} ms, onnxruntime {ms['onnx']:.2f} ms",
+        f"(optimize_for_inference) {ms['torch']:.2f} ms, onnxruntime {ms['onnx']:.2f} ms "
+        f"({ms['torch'] / ms['onnx']:.2f}x; {layout_note(out)})",
     ]
     return "\n".join(lines)
 

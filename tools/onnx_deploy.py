@@ -21,10 +21,11 @@ from torch import nn
 
 from engine.latency import interleaved
 from engine.losses import main_logits
-from models import optimize_for_inference
-from models.deploy import FORMS, batch_independent, deploy_copy, has_dynamic_convs
+from models.deploy import FORMS, batch_independent, deploy_copy, has_dynamic_convs, taps_heads
+from models.fast import fold_weights
 
 from . import ToolError
+from .onnx_nchwc import block_size, blocked_dynamic_convs, computed_kernel_convs
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +60,13 @@ def pick_form(model: nn.Module, form: str = "auto") -> str:
 def deployable(model: nn.Module, form: str) -> nn.Module:
     """A CPU eval copy computing ``model``'s logits in ``form``, with the exact weight folds.
 
-    The DyConv2d modules are swapped first, then ``optimize_for_inference`` folds BatchNorms and
-    the DyUNet head in the standard NCHW layout (no workspace: a graph has no buffers to keep).
+    The DyConv2d modules are swapped for ``form`` (models/deploy.py), then BatchNorms and the
+    DyUNet head are folded (``fold_weights``). The forward stays the plain one: the speed
+    layer's eager tricks (in-place writes into a preallocated concatenation, the nine-tap head)
+    trace into slow ONNX (ScatterND, Slice chains), while onnxruntime optimizes the plain graph.
     """
     net = copy.deepcopy(model).cpu().eval() if form == "plain" else deploy_copy(model, form)
-    try:
-        net = optimize_for_inference(net, channels_last=False, workspace=False)
-    except Exception as exc:  # an optimization that does not apply: the copy is still exact
-        logger.warning("optimize_for_inference skipped for export: %s", exc)
-    return Logits(net).eval()
+    return Logits(taps_heads(fold_weights(net))).eval()
 
 
 def fixed_batch(form: str) -> bool:
@@ -117,17 +116,47 @@ def export_onnx(
             )
 
 
-def session(path: Path | str, threads: int = 0):
-    """An onnxruntime CPU session for ``path`` (``threads`` 0: onnxruntime's default)."""
+def blocked_graph(path: Path | str):
+    """``path``'s graph with its computed-kernel convolutions in this CPU's NCHWc layout
+    (tools/onnx_nchwc.py), or None where nothing is rewritten (no such conv, no layout)."""
+    block = block_size()
+    if not block:
+        return None
+    import onnx
+
+    graph, count = blocked_dynamic_convs(onnx.load(str(path)), block)
+    if not count:
+        return None
+    graph.doc_string = f"{count} computed-kernel convs in onnxruntime's NCHWc{block} layout"
+    return graph
+
+
+def session(path: Path | str, threads: int = 0, blocked: bool = True):
+    """An onnxruntime CPU session for ``path`` (``threads`` 0: onnxruntime's default).
+
+    ``blocked``: convolutions whose kernel the graph computes (the dynamic models' aggregated
+    kernels) run in onnxruntime's blocked NCHWc layout, rewritten for this CPU when the session
+    is created (``blocked_graph``); the file itself is not changed.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = blocked_graph(path) if blocked else None
+        source = str(path) if graph is None else graph.SerializeToString()
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ToolError(f"onnxruntime cannot load '{path}': {str(exc).splitlines()[0]}") from None
+
+
+def layout_note(path: Path | str) -> str:
+    """How ``session`` runs ``path`` on this machine, for reports."""
+    graph = blocked_graph(path)
+    if graph is None:
+        return "onnxruntime's standard layout"
+    return f"{graph.doc_string} (tools/onnx_nchwc.py)"
 
 
 def graph_batch(sess) -> int | None:
@@ -168,14 +197,19 @@ def verify(
 
     A batch passes when max |onnx - torch| <= tolerance * max(1, max |logit|) and at least
     MIN_MASK_AGREEMENT of the pixels fall on the same side of the threshold: float32 rounding
-    grows with the logits, a wrong graph changes them by far more.
+    grows with the logits, a wrong graph changes them by far more. Where this machine runs the
+    dynamic convolutions blocked (``session``), the file is also checked as any other
+    onnxruntime runs it (results named ``<batch> (standard layout)``).
     """
-    sess = session(path)
+    sessions = {"": session(path)}
+    if blocked_graph(path) is not None:
+        sessions[" (standard layout)"] = session(path, blocked=False)
     results = {}
     for name, batch in batches.items():
         with torch.inference_mode():
             expected = reference(batch).float().numpy()
-        results[name] = compare(expected, run_onnx(sess, batch.numpy()), tolerance)
+        for suffix, sess in sessions.items():
+            results[name + suffix] = compare(expected, run_onnx(sess, batch.numpy()), tolerance)
     bad = {
         name: f"max diff {r['diff']:.3g} (bound {r['bound']:.3g}), masks agree {r['agreement']:.4%}"
         for name, r in results.items()
@@ -225,6 +259,13 @@ def quantize_int8(
     Static QDQ quantization (activations uint8 with ranges calibrated on ``calibration``,
     weights int8 per output channel); when the static quantizer fails, weight-only dynamic
     quantization of the operators it can handle (the fallback is named in the result).
+
+    In a graph with convolutions whose kernel it computes (the dynamic models), only the
+    convolutions with constant weights and spatial inputs are quantized, and not the attention
+    gates' one-channel score: onnxruntime's fast int8 convolution needs its weights at load time
+    (a per-image int8 kernel ran slower than the FP32 blocked one, BENCHMARKS.md), and
+    quantizing the kernel attention, the gate scores and the output head took the demo
+    DAS-Net's test mIoU from 0.53 to 0.18.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -237,6 +278,30 @@ def quantize_int8(
     root.setLevel(max(level, logging.ERROR))  # the quantizer warns per tensor on the root logger
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        import onnx
+
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(pre))).graph
+        computed = set(computed_kernel_convs(graph))
+        nodes = None
+        if computed:
+            pooled = _pooled_inputs(graph)  # the kernel attention's 1x1 convs stay FP32 too
+            shapes = {i.name: i.dims for i in graph.initializer}
+            nodes = [
+                n.name
+                for n in graph.node
+                if n.op_type == "Conv"
+                and n.name not in computed
+                and n.input[0] not in pooled
+                and shapes.get(n.input[1], [0])[0] > 1  # one-channel scores (gate psi) too
+            ]
+            op_types = ["Conv"]
+        kept = f"; {len(computed)} computed-kernel convs kept in FP32" if computed else ""
+        if nodes == []:
+            raise ToolError(
+                f"int8 has nothing to speed up in '{fp32}': its convolutions compute their "
+                "kernels per image, which onnxruntime's int8 convolution cannot prepare; deploy "
+                "the FP32 file (BENCHMARKS.md, ONNX deployment)"
+            )
         try:
             quantize_static(
                 str(pre),
@@ -244,12 +309,13 @@ def quantize_int8(
                 _Calibration(name, calibration),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
+                nodes_to_quantize=nodes,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 extra_options={"CalibMaxIntermediateOutputs": _flush_every(len(calibration))},
             )
-            how = f"static QDQ, per-channel weights, {len(calibration)} calibration images"
+            how = f"static QDQ, per-channel weights, {len(calibration)} calibration images{kept}"
         except Exception as exc:
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
             how = f"dynamic, weights only (static failed: {type(exc).__name__}: {exc})"
@@ -259,6 +325,16 @@ def quantize_int8(
     if how.startswith("dynamic"):
         logger.warning("int8: %s", how)
     return how
+
+
+def _pooled_inputs(graph) -> set[str]:
+    """Tensors of ``graph`` known to be 1x1 spatially (global poolings and what follows)."""
+    return {
+        v.name
+        for v in graph.value_info
+        if len(v.type.tensor_type.shape.dim) == 4
+        and all(d.dim_value == 1 for d in v.type.tensor_type.shape.dim[2:])
+    }
 
 
 def _flush_every(n: int) -> int:

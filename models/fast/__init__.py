@@ -8,12 +8,13 @@ when, is measured in BENCHMARKS.md.
 
 from .dynamic_conv import FastDyConv2d, dynamic_conv2d
 from .dyunet import FastDyUNet
-from .optimize import optimize_for_inference, optimize_for_training, to_channels_last
+from .optimize import fold_weights, optimize_for_inference, optimize_for_training, to_channels_last
 
 __all__ = [
     "FastDyConv2d",
     "FastDyUNet",
     "dynamic_conv2d",
+    "fold_weights",
     "optimize_for_inference",
     "optimize_for_training",
     "to_channels_last",

@@ -106,7 +106,7 @@ def optimize_for_training(model: nn.Module) -> nn.Module:
 def _fold_dyunet_head(model: nn.Module) -> None:
     """Replace each DyUNet's conv3x3 -> conv1x1 head by the single equal conv3x3."""
     for module in model.modules():
-        if isinstance(module, FastDyUNet) and isinstance(module.head, nn.Sequential):
+        if isinstance(module, DyUNet) and isinstance(module.head, nn.Sequential):
             conv = module.head[0]
             weight, bias = fold_head(module.head)
             folded = nn.Conv2d(conv.in_channels, weight.shape[0], 3, padding=1)
@@ -115,6 +115,16 @@ def _fold_dyunet_head(model: nn.Module) -> None:
                 folded.weight.copy_(weight)
                 folded.bias.copy_(bias)
             module.head = folded
+
+
+def fold_weights(model: nn.Module) -> nn.Module:
+    """The exact weight folds alone, in place: every BatchNorm that follows a conv into it, each
+    DyUNet's output head into one conv3x3. No module changes class, so the forward stays the
+    plain one (what an ONNX export should trace: models/deploy.py)."""
+    with torch.no_grad():
+        fold_batchnorms(model)
+        _fold_dyunet_head(model)
+    return model
 
 
 def channels_last_pays(device: torch.device) -> bool:
@@ -153,10 +163,7 @@ def optimize_for_inference(
     gives each DyUNet a ``Workspace`` (row-banded large maps, buffers kept between calls) where
     it pays: CPU, channels_last, not compiled (the compiler plans its own memory).
     """
-    model = _swap(copy.deepcopy(model).eval(), _INFERENCE_TWINS)
-    with torch.no_grad():
-        fold_batchnorms(model)
-        _fold_dyunet_head(model)
+    model = fold_weights(_swap(copy.deepcopy(model).eval(), _INFERENCE_TWINS))
     model.requires_grad_(False)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
