@@ -203,3 +203,22 @@ def test_int8_of_a_model_with_only_computed_kernels_is_refused_by_name(tmp_path)
     with pytest.raises(ToolError, match="int8 has nothing to speed up in .*full.onnx.*FP32 file"):
         quantize_int8(path, tmp_path / "q.onnx", calibration)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_graph_the_rewrite_cannot_handle_runs_in_the_standard_layout(
+    block, dasnet_onnx, monkeypatch, caplog
+):
+    import tools.onnx_deploy as deploy
+
+    model, path = dasnet_onnx
+
+    def broken(*args, **kwargs):
+        raise ValueError("unexpected graph")
+
+    monkeypatch.setattr(deploy, "blocked_dynamic_convs", broken)
+    x = torch.rand(1, 3, *SIZE)
+    with caplog.at_level("WARNING"):
+        out = deploy.session(path).run(None, {"image": x.numpy()})[0]
+    assert "standard onnxruntime layout" in caplog.text and "unexpected graph" in caplog.text
+    with torch.no_grad():
+        assert np.abs(out - model(x).numpy()).max() <= 1e-4 * max(1.0, np.abs(out).max())

@@ -124,7 +124,12 @@ def blocked_graph(path: Path | str):
         return None
     import onnx
 
-    graph, count = blocked_dynamic_convs(onnx.load(str(path)), block)
+    model = onnx.load(str(path))
+    try:
+        graph, count = blocked_dynamic_convs(model, block)
+    except Exception as exc:  # a graph the rewrite does not understand runs as it is
+        logger.warning("%s: standard onnxruntime layout (blocked rewrite failed: %s)", path, exc)
+        return None
     if not count:
         return None
     graph.doc_string = f"{count} computed-kernel convs in onnxruntime's NCHWc{block} layout"
