@@ -40,12 +40,14 @@ def test_benchmark_knows_when_the_workspace_is_used() -> None:
 def test_benchmark_onnx_rows_time_fp32_and_say_when_int8_has_nothing_to_do(
     capsys: pytest.CaptureFixture,
 ) -> None:
-    argv = ["--models", "dasnet", "fulldyunet", "--size", "128", "--no-train"]
+    argv = ["--models", "thindyunet", "dasnet", "--size", "128", "--no-train"]
     rows = benchmark.main(
         [*argv, "--repeats", "1", "--warmup", "0", "--onnx", "--onnx-sizes", "128"]
     )
     printed = capsys.readouterr().out
-    das, full = (r["onnx"][0] for r in rows)
-    assert das["onnx_ms"] > 0 and das["int8_ms"] > 0 and das["form"] == "aggregated"
-    assert "int8_ms" not in full and "| fulldyunet | 128 | aggregated |" in printed
+    thin, das = (r["onnx"][0] for r in rows)
+    assert thin["onnx_ms"] > 0 and thin["int8_ms"] > 0 and thin["form"] == "aggregated"
+    assert (
+        "int8_ms" not in das and das["onnx_ms"] > 0 and "| dasnet | 128 | aggregated |" in printed
+    )
     assert "none (per-image kernels only)" in printed

@@ -29,19 +29,19 @@ SIZE = (32, 32)
 TINY = {"width": 8, "stages": 3}  # sides: multiples of 2**3
 
 
-def tiny_dasnet(seed: int = 0) -> torch.nn.Module:
+def tiny_dasnet(seed: int = 0, name: str = "dasnet") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("dasnet", **TINY).eval()
+    return build_model(name, **TINY).eval()
 
 
-def tiny_checkpoint(path: Path, root: Path | None = None) -> Path:
+def tiny_checkpoint(path: Path, root: Path | None = None, name: str = "dasnet") -> Path:
     dataset = {"image_size": list(SIZE), **({"root": str(root)} if root else {})}
     return save_checkpoint(
         path,
         {
-            "model_name": "dasnet",
+            "model_name": name,
             "model_kwargs": TINY,
-            "model": tiny_dasnet().state_dict(),
+            "model": tiny_dasnet(name=name).state_dict(),
             "epoch": 1,
             "config": {"dataset": dataset},
         },
@@ -109,7 +109,7 @@ def test_a_broken_graph_is_refused(tmp_path):
 
 
 def test_int8_copy_runs_and_keeps_most_of_the_mask(tmp_path):
-    model = tiny_dasnet()
+    model = tiny_dasnet(name="thindyunet")  # its decoder's 3x3 convs have constant weights
     fp32 = tmp_path / "m.onnx"
     export.export_checked(model, fp32, SIZE, 17, export.check_batches(SIZE, []))
     rng = np.random.default_rng(1)
@@ -126,14 +126,25 @@ def test_int8_copy_runs_and_keeps_most_of_the_mask(tmp_path):
 
 
 def test_export_cli_quantizes_and_prints_both_scores(tmp_path, tiny_root, capsys):
-    ckpt = tiny_checkpoint(tmp_path / "c.pt", tiny_root)
-    out = tmp_path / "e" / "dasnet.onnx"
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", tiny_root, name="thindyunet")
+    out = tmp_path / "e" / "thindyunet.onnx"
     args = ["--checkpoint", str(ckpt), "--out", str(out), "--runs", "1", "--quantize", "int8"]
     assert export.main([*args, "--calibration", "2", "--eval-images", "3"]) == 0
     printed = capsys.readouterr().out
     assert "form aggregated" in printed and "batch 1" in printed
     assert "mIoU FP32" in printed and "int8" in printed and "static QDQ" in printed
-    assert out.is_file() and (tmp_path / "e" / "dasnet.int8.onnx").is_file()
+    assert out.is_file() and (tmp_path / "e" / "thindyunet.int8.onnx").is_file()
+    assert not list(out.parent.glob(".*"))
+
+
+def test_export_cli_says_int8_has_nothing_to_speed_up_in_dasnet(tmp_path, tiny_root, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", tiny_root)
+    out = tmp_path / "e" / "dasnet.onnx"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--runs", "1", "--quantize", "int8"]
+    assert export.main([*args, "--calibration", "2", "--eval-images", "3"]) == 2
+    assert "int8 has nothing to speed up" in capsys.readouterr().err
+    # the checked FP32 file stays, whole; no int8 file, no partial one
+    assert out.is_file() and not (tmp_path / "e" / "dasnet.int8.onnx").exists()
     assert not list(out.parent.glob(".*"))
 
 

@@ -172,14 +172,17 @@ def test_session_runs_the_blocked_graph_and_says_so(block, dasnet_onnx):
     assert not any(n.domain == DOMAIN for n in onnx.load(str(path)).graph.node)  # file untouched
 
 
-def test_int8_keeps_the_computed_kernels_and_gate_scores_in_fp32(dasnet_onnx, tmp_path):
+def test_int8_quantizes_only_the_constant_3x3_convs(tmp_path):
     from tools.onnx_deploy import quantize_int8
 
-    _, path = dasnet_onnx
+    torch.manual_seed(0)
+    model = build_model("thindyunet", width=32, stages=3).eval()
+    path = tmp_path / "thin.onnx"
+    export_onnx(deployable(model, "aggregated"), path, SIZE, 17, dynamic_batch=False)
     rngs = [np.random.default_rng(i) for i in range(3)]
     calibration = [rng.random((1, 3, *SIZE), dtype=np.float32) for rng in rngs]
     how = quantize_int8(path, tmp_path / "q.onnx", calibration)
-    assert "7 computed-kernel convs kept in FP32" in how  # 3 encoder, bottleneck, 3 decoder
+    assert "4 computed-kernel convs kept in FP32" in how  # 3 encoder stages and the bottleneck
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     producers = {out: n.op_type for n in graph.node for out in n.output}
     quantized = [
@@ -187,16 +190,17 @@ def test_int8_keeps_the_computed_kernels_and_gate_scores_in_fp32(dasnet_onnx, tm
         for n in graph.node
         if n.op_type == "Conv" and producers.get(n.input[1]) == "DequantizeLinear"
     ]
-    # the 3 gates' two 64 -> 32 projections; not their 1-channel score, not the kernel attention
-    assert len(quantized) == 6 and all("/w_g/" in n or "/w_x/" in n for n in quantized)
+    # the thin decoder's two 3x3 convs per stage; not the kernel attention's 1x1 convs
+    assert len(quantized) == 6 and all("/decoder." in n for n in quantized)
 
 
-def test_int8_of_a_model_with_only_computed_kernels_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("name", ["fulldyunet", "dasnet"])
+def test_int8_of_a_model_with_only_computed_3x3_kernels_is_refused_by_name(tmp_path, name):
     from tools import ToolError
     from tools.onnx_deploy import quantize_int8
 
     torch.manual_seed(0)
-    model = build_model("fulldyunet", width=16, stages=3).eval()
+    model = build_model(name, width=16, stages=3).eval()
     path = tmp_path / "full.onnx"
     export_onnx(deployable(model, "aggregated"), path, SIZE, 17, dynamic_batch=False)
     calibration = [np.zeros((1, 3, *SIZE), np.float32), np.ones((1, 3, *SIZE), np.float32)]

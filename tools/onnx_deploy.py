@@ -266,11 +266,12 @@ def quantize_int8(
     quantization of the operators it can handle (the fallback is named in the result).
 
     In a graph with convolutions whose kernel it computes (the dynamic models), only the
-    convolutions with constant weights and spatial inputs are quantized, and not the attention
-    gates' one-channel score: onnxruntime's fast int8 convolution needs its weights at load time
-    (a per-image int8 kernel ran slower than the FP32 blocked one, BENCHMARKS.md), and
-    quantizing the kernel attention, the gate scores and the output head took the demo
-    DAS-Net's test mIoU from 0.53 to 0.18.
+    constant-weight convolutions with a spatial kernel are quantized (the thin decoders' 3x3
+    convs): onnxruntime's fast int8 convolution needs its weights at load time (a per-image
+    int8 kernel ran slower than the FP32 blocked one, BENCHMARKS.md); quantizing the kernel
+    attention, the gate scores and the head took the demo DAS-Net's test mIoU from 0.53 to
+    0.18, and its gates' 1x1 projections alone moved it by 0.03 to 0.04 and made it slower. A
+    graph left with nothing to quantize (DAS-Net, FullDyUNet) is refused with that reason.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -289,21 +290,20 @@ def quantize_int8(
         computed = set(computed_kernel_convs(graph))
         nodes = None
         if computed:
-            pooled = _pooled_inputs(graph)  # the kernel attention's 1x1 convs stay FP32 too
-            shapes = {i.name: i.dims for i in graph.initializer}
+            shapes = {i.name: list(i.dims) for i in graph.initializer}
             nodes = [
                 n.name
                 for n in graph.node
                 if n.op_type == "Conv"
                 and n.name not in computed
-                and n.input[0] not in pooled
-                and shapes.get(n.input[1], [0])[0] > 1  # one-channel scores (gate psi) too
+                and len(shapes.get(n.input[1], [])) == 4
+                and shapes[n.input[1]][2] * shapes[n.input[1]][3] > 1  # not the 1x1 gates
             ]
             op_types = ["Conv"]
         kept = f"; {len(computed)} computed-kernel convs kept in FP32" if computed else ""
         if nodes == []:
             raise ToolError(
-                f"int8 has nothing to speed up in '{fp32}': its convolutions compute their "
+                f"int8 has nothing to speed up in '{fp32}': its 3x3 convolutions compute their "
                 "kernels per image, which onnxruntime's int8 convolution cannot prepare; deploy "
                 "the FP32 file (BENCHMARKS.md, ONNX deployment)"
             )
@@ -330,16 +330,6 @@ def quantize_int8(
     if how.startswith("dynamic"):
         logger.warning("int8: %s", how)
     return how
-
-
-def _pooled_inputs(graph) -> set[str]:
-    """Tensors of ``graph`` known to be 1x1 spatially (global poolings and what follows)."""
-    return {
-        v.name
-        for v in graph.value_info
-        if len(v.type.tensor_type.shape.dim) == 4
-        and all(d.dim_value == 1 for d in v.type.tensor_type.shape.dim[2:])
-    }
 
 
 def _flush_every(n: int) -> int:
