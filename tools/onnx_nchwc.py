@@ -301,6 +301,10 @@ def blocked_dynamic_convs(model, block: int):
     )
     del graph.node[:]
     graph.node.extend(nodes)
+    read = {name for node in nodes for name in node.input} | {i.name for i in graph.input}
+    unused = [init for init in graph.initializer if init.name not in read]
+    for init in unused:  # the replaced GroupNorms' gamma and beta (now Constants in the graph)
+        graph.initializer.remove(init)
     if replaced and not any(op.domain == DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model, rewritten
