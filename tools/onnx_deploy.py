@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from models.fast import fold_weights
 
 from . import ToolError
 from .onnx_nchwc import block_size, blocked_dynamic_convs, computed_kernel_convs
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def export_onnx(
             )
 
 
-def blocked_graph(path: Path | str):
+def blocked_graph(path: Path | str) -> onnx.ModelProto | None:
     """``path``'s graph with its computed-kernel convolutions in this CPU's NCHWc layout
     (tools/onnx_nchwc.py), or None where nothing is rewritten (no such conv, no layout)."""
     block = block_size()

@@ -10,7 +10,7 @@ pass emits for constant weights (domain ``com.microsoft.nchwc``: ReorderInput, C
 ReorderOutput), with the kernel reordered inside the graph on every run (a reshape and a
 transpose of a few thousand values); a decoder stage's concatenation is never written (each half
 convolved with its half of the kernel, summed by the blocked Conv); and each GroupNorm +
-LeakyReLU after such a conv runs on the blocked map as two reductions and one depthwise
+LeakyReLU after a conv runs on the blocked map as two reductions and one depthwise
 blocked Conv with the activation fused, instead of InstanceNormalization, Mul, Add and
 LeakyRelu. It is done on this machine, when a session is created: the block size is the CPU's
 (16 with AVX-512, 8 with AVX2), so the exported file stays standard, portable ONNX.
@@ -22,8 +22,12 @@ import functools
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # onnx is imported where it is used: tools load without it
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def _blocked(weight: np.ndarray, block: int) -> np.ndarray:
     return weight.reshape(o // block, block, i // block, block, h, w).transpose(0, 2, 4, 5, 3, 1)
 
 
-def computed_kernel_convs(graph) -> list[str]:
+def computed_kernel_convs(graph: onnx.GraphProto) -> list[str]:
     """Names of the Conv nodes of ``graph`` (onnx.GraphProto) whose weight the graph computes
     (not an initializer, not a Constant, not a dequantized constant)."""
     constant = {init.name for init in graph.initializer}
@@ -232,7 +236,7 @@ def _group_norm_after(index: _Index, node) -> tuple[list, dict] | None:
     }
 
 
-def blocked_dynamic_convs(model, block: int):
+def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` (onnx.ModelProto) with each float Conv whose weight is computed in the
     graph run in the NCHWc layout of ``block`` channels; returns (model, how many were rewritten).
 
