@@ -166,8 +166,10 @@ def test_session_runs_the_blocked_graph_and_says_so(block, dasnet_onnx):
     from tools.onnx_deploy import blocked_graph, layout_note
 
     _, path = dasnet_onnx
-    assert "6 computed-kernel convs" in layout_note(path) and f"NCHWc{block}" in layout_note(path)
     graph = blocked_graph(path)
+    note = layout_note(graph)
+    assert "6 computed-kernel convs" in note and f"NCHWc{block}" in note
+    assert layout_note(None) == "onnxruntime's standard layout"
     assert graph is not None and any(n.domain == DOMAIN for n in graph.graph.node)
     assert not any(n.domain == DOMAIN for n in onnx.load(str(path)).graph.node)  # file untouched
 

@@ -146,22 +146,30 @@ def session(path: Path | str, threads: int = 0, blocked: bool = True):
     kernels) run in onnxruntime's blocked NCHWc layout, rewritten for this CPU when the session
     is created (``blocked_graph``); the file itself is not changed.
     """
+    try:
+        graph = blocked_graph(path) if blocked else None
+    except Exception as exc:
+        raise ToolError(f"onnxruntime cannot load '{path}': {str(exc).splitlines()[0]}") from None
+    return session_of(path, graph, threads)
+
+
+def session_of(path: Path | str, graph: onnx.ModelProto | None, threads: int = 0):
+    """An onnxruntime CPU session running ``graph`` (``path``'s blocked graph, from
+    ``blocked_graph``), or ``path`` itself where ``graph`` is None."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     try:
-        graph = blocked_graph(path) if blocked else None
         source = str(path) if graph is None else graph.SerializeToString()
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ToolError(f"onnxruntime cannot load '{path}': {str(exc).splitlines()[0]}") from None
 
 
-def layout_note(path: Path | str) -> str:
-    """How ``session`` runs ``path`` on this machine, for reports."""
-    graph = blocked_graph(path)
+def layout_note(graph: onnx.ModelProto | None) -> str:
+    """How a session of ``graph`` (from ``blocked_graph``; None: the file as it is) runs."""
     if graph is None:
         return "onnxruntime's standard layout"
     return f"{graph.doc_string} (tools/onnx_nchwc.py)"
@@ -209,9 +217,10 @@ def verify(
     dynamic convolutions blocked (``session``), the file is also checked as any other
     onnxruntime runs it (results named ``<batch> (standard layout)``).
     """
-    sessions = {"": session(path)}
-    if blocked_graph(path) is not None:
-        sessions[" (standard layout)"] = session(path, blocked=False)
+    graph = blocked_graph(path)
+    sessions = {"": session_of(path, graph)}
+    if graph is not None:
+        sessions[" (standard layout)"] = session_of(path, None)
     results = {}
     for name, batch in batches.items():
         with torch.inference_mode():
@@ -279,8 +288,7 @@ def quantize_int8(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    sess = session(fp32)
-    name = sess.get_inputs()[0].name
+    name = session(fp32, blocked=False).get_inputs()[0].name
     pre = out.with_name(f".{out.stem}.pre.onnx")
     root = logging.getLogger()
     level = root.level
@@ -289,8 +297,9 @@ def quantize_int8(
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         import onnx
 
-        graph = onnx.shape_inference.infer_shapes(onnx.load(str(pre))).graph
-        computed = set(computed_kernel_convs(graph))
+        model = onnx.load(str(pre))
+        graph = model.graph
+        computed = set(computed_kernel_convs(model))
         nodes = None
         if computed:
             shapes = {i.name: list(i.dims) for i in graph.initializer}

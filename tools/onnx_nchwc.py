@@ -82,17 +82,14 @@ def _blocked(weight: np.ndarray, block: int) -> np.ndarray:
     return weight.reshape(o // block, block, i // block, block, h, w).transpose(0, 2, 4, 5, 3, 1)
 
 
-def computed_kernel_convs(graph: onnx.GraphProto) -> list[str]:
-    """Names of the Conv nodes of ``graph`` (onnx.GraphProto) whose weight the graph computes
-    (not an initializer, not a Constant, not a dequantized constant)."""
-    constant = {init.name for init in graph.initializer}
-    constant |= {
-        out for n in graph.node if n.op_type in ("Constant", "DequantizeLinear") for out in n.output
-    }
+def computed_kernel_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes of ``model`` whose weight the graph computes (not an
+    initializer, a Constant or a dequantized constant)."""
+    index = _Index(model)
     return [
         n.name
-        for n in graph.node
-        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] not in constant
+        for n in model.graph.node
+        if n.op_type == "Conv" and len(n.input) > 1 and _computed(index, n.input[1])
     ]
 
 
@@ -145,6 +142,11 @@ class _Index:
         return None
 
 
+def _computed(index: _Index, name: str) -> bool:
+    """Whether tensor ``name`` is computed by the graph rather than a (dequantized) constant."""
+    return index.value(name) is None and index.producer_op(name) != "DequantizeLinear"
+
+
 def _dims(value_info) -> list:
     return list(value_info.type.tensor_type.shape.dim)
 
@@ -157,8 +159,7 @@ def _rewritable(index: _Index, node, block: int) -> bool:
     weight, shape = node.input[1], index.shapes.get(node.input[1])
     attrs = _attributes(node)
     return (
-        index.value(weight) is None
-        and index.producer_op(weight) not in ("Constant", "DequantizeLinear")
+        _computed(index, weight)
         and bool(shape)
         and len(shape) == 4
         and None not in shape
