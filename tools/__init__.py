@@ -7,6 +7,7 @@ device and the model's input size.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -97,6 +98,17 @@ def load_for_inference(
     net, ckpt = load_model(path, map_location=device, name=model)
     net = net.to(device).eval()
     return (optimize_for_inference(net) if optimize else net), ckpt
+
+
+def add_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--size H W``, read by ``input_size``: the tools' model input size option."""
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="model input size (default: the size the checkpoint was trained at)",
+    )
 
 
 def input_size(ckpt: dict[str, Any], size: list[int] | None, model: nn.Module) -> tuple[int, int]:

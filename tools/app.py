@@ -37,6 +37,7 @@ from . import (
     DEMO_RUNS,
     EXPECTED_ERRORS,
     ToolError,
+    add_size_argument,
     load_for_inference,
     pick_device,
     predict,
@@ -453,13 +454,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve your network")
     p.add_argument("--share", action="store_true", help="also a public gradio.live link")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="model input size (default: the size the checkpoint was trained at)",
-    )
+    add_size_argument(p)
     return p
 
 

@@ -38,6 +38,7 @@ from models.deploy import FORMS
 from . import (
     DEMO_ROOT,
     ToolError,
+    add_size_argument,
     checkpoint_for,
     input_size,
     load_for_inference,
@@ -141,13 +142,7 @@ def parser() -> argparse.ArgumentParser:
         default="onnx",
         help="safetensors: a folder (config.json + model.safetensors) for models.from_pretrained",
     )
-    p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="input size (default: the size the checkpoint was trained at)",
-    )
+    add_size_argument(p)
     p.add_argument("--out", help="output file (default: exports/<model>.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument(

@@ -45,6 +45,7 @@ from models import MODEL_NAMES
 from . import (
     DEMO_ROOT,
     ToolError,
+    add_size_argument,
     checkpoint_for,
     input_size,
     load_for_inference,
@@ -331,13 +332,7 @@ def parser() -> argparse.ArgumentParser:
         help="the demo checkpoint runs/demo/<model>/best.pt (and demo test images)",
     )
     p.add_argument("--out", default="outputs/predict", help="output folder")
-    p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="model input size (default: the size the checkpoint was trained at)",
-    )
+    add_size_argument(p)
     p.add_argument(
         "--mode",
         choices=MODES,
