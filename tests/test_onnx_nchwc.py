@@ -45,8 +45,10 @@ def test_dasnet_runs_blocked_with_the_same_logits(block, dasnet_onnx):
     # conv (3 input channels) stays in NCHW
     assert count == 6
     convs = [n for n in graph.node if (n.domain, n.op_type) == (DOMAIN, "Conv")]
-    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
-    assert groups.count(1) == 2 + 1 + 2 * 3  # a decoder stage: one Conv per half
+    attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in convs]
+    groups = [a.get("group", 1) for a in attrs]
+    # computed kernels: a decoder stage has one Conv per half; the gates' three 1x1 convs each
+    assert groups.count(1) == 2 + 1 + 2 * 3 + 3 * 3
     # every GroupNorm + LeakyReLU (7 DyConvBlocks, the first's after its NCHW conv) became one
     # depthwise blocked Conv with the activation fused
     assert sum(g > 1 for g in groups) == 7
@@ -54,6 +56,28 @@ def test_dasnet_runs_blocked_with_the_same_logits(block, dasnet_onnx):
     # the decoder's concatenations are gone: each half goes to the blocked layout on its own
     blocked_inputs = {i for n in graph.node if n.domain == DOMAIN for i in n.input}
     assert not any(n.output[0] in blocked_inputs for n in graph.node if n.op_type == "Concat")
+    # between the first conv and the head the maps stay blocked: one reorder in (the first
+    # conv's output), one out (the head's input) besides the pooled attention vectors;
+    # upsampling, pooling and the gates (Add and Relu fused into w_x, Sigmoid into psi) blocked
+    producers = {out: n for n in graph.node for out in n.output}
+    ops = [(n.domain, n.op_type) for n in graph.node]
+    assert ops.count((DOMAIN, "ReorderInput")) == 1
+    maps_out = [
+        n
+        for n in graph.node
+        if n.op_type == "ReorderOutput" and producers[n.input[0]].op_type != "GlobalAveragePool"
+    ]
+    assert len(maps_out) == 1
+    assert ops.count((DOMAIN, "Upsample")) == 3 and ops.count((DOMAIN, "MaxPool")) == 3
+    assert not {"Resize", "MaxPool", "Sigmoid"} & {op for d, op in ops if d == ""}
+    assert [a.get("activation") for a in attrs].count(b"Sigmoid") == 3
+    assert (
+        sum(
+            a.get("activation") == b"Relu" and len(c.input) == 4
+            for a, c in zip(attrs, convs, strict=True)
+        )
+        == 3
+    )
 
     x = torch.rand(1, 3, *SIZE)
     with torch.no_grad():
@@ -63,6 +87,75 @@ def test_dasnet_runs_blocked_with_the_same_logits(block, dasnet_onnx):
     scale = np.abs(expected).max()
     assert np.abs(blocked - expected).max() <= 1e-5 * max(1.0, scale)
     assert np.abs(blocked - standard).max() <= 1e-5 * max(1.0, scale)
+
+
+@pytest.mark.parametrize("name", ["fulldyunet", "thindyunet", "deepsupdyunet"])
+def test_the_other_dynamic_models_run_blocked_with_the_same_logits(block, tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(name, width=32, stages=3).eval()
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(deployable(model, "aggregated"), path, SIZE, 17, dynamic_batch=False)
+    graph = blocked_dynamic_convs(onnx.load(str(path)), block)[0].graph
+    assert [(n.domain, n.op_type) for n in graph.node].count((DOMAIN, "Upsample")) == 3
+    x = torch.rand(1, 3, *SIZE)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    blocked = session(path).run(None, {"image": x.numpy()})[0]
+    assert np.abs(blocked - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    "mode, corners, blocked",
+    [
+        ("linear", "align_corners", True),
+        ("linear", "half_pixel", False),
+        ("nearest", "asymmetric", False),
+    ],
+)
+def test_only_the_upsampling_onnxruntime_blocks_exactly_stays_blocked(
+    block, mode, corners, blocked
+):
+    """A Resize after a blocked conv becomes the blocked Upsample for bilinear, align_corners
+    (the model's); any other Resize reads the NCHW map, and both compute what onnxruntime does."""
+    import onnxruntime as ort
+
+    c = 16
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node(
+                "Resize",
+                ["y", "", "scales"],
+                ["z"],
+                mode=mode,
+                coordinate_transformation_mode=corners,
+            ),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [c, c, 3, 3]),
+        ],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten, count = blocked_dynamic_convs(model, block)
+    assert count == 1
+    ops = {(n.domain, n.op_type) for n in rewritten.graph.node}
+    assert ((DOMAIN, "Upsample") in ops) == blocked and (("", "Resize") in ops) != blocked
+    rng = np.random.default_rng(0)
+    feeds = {
+        "x": rng.standard_normal((1, c, 8, 8)).astype(np.float32),
+        "w": rng.standard_normal((c, c, 3, 3)).astype(np.float32),
+    }
+    plain, fast = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds
+        )[0]
+        for m in (model, rewritten)
+    )
+    assert np.allclose(fast, plain, atol=1e-4, rtol=1e-5)
 
 
 def _conv_graph(weight_source: str, group: int = 1) -> onnx.ModelProto:

@@ -255,7 +255,7 @@ def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.Mode
     import onnx
     from onnx import helper
 
-    model = onnx.shape_inference.infer_shapes(model)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)  # sizes through Reshapes
     index = _Index(model)
     replaced: dict[int, list] = {}  # id(node) -> the nodes that take its place
     rewritten = 0
@@ -300,10 +300,10 @@ def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.Mode
                 replaced[id(member)] = []
         replaced[id(node)] = nodes
     graph = model.graph
-    nodes = _without_dead_nodes(
-        [n for node in graph.node for n in replaced.get(id(node), [node])],
-        {out.name for out in graph.output},
-    )
+    nodes = [n for node in graph.node for n in replaced.get(id(node), [node])]
+    if rewritten:
+        nodes = _stay_blocked(nodes, index, block)
+    nodes = _without_dead_nodes(nodes, {out.name for out in graph.output})
     del graph.node[:]
     graph.node.extend(nodes)
     read = {name for node in nodes for name in node.input} | {i.name for i in graph.input}
@@ -508,4 +508,241 @@ def _split_pool(pool, parts: list[str], tag: str) -> list:
             for p, q in zip(parts, pooled, strict=True)
         ),
         helper.make_node("Concat", pooled, list(pool.output), axis=1),
+    ]
+
+
+# -- keeping maps blocked between the rewritten convolutions ---------------------------------
+
+_ACTIVATIONS = ("Relu", "Sigmoid", "LeakyRelu")  # what a blocked Conv can apply itself
+_POOLS = ("MaxPool", "GlobalAveragePool")
+
+
+class _Blocked:
+    """The blocked twins of NCHW maps, as ``_stay_blocked`` walks the graph."""
+
+    def __init__(self, index: _Index, block: int) -> None:
+        self.index, self.block = index, block
+        self.twin: dict[str, str] = {}  # NCHW map -> its blocked twin
+        self.lanes: set[str] = set()  # twins of one-channel maps: the channel in every lane
+        self.absorbed: dict[str, str] = {}  # output of an Add/activation fused into a Conv -> twin
+
+    def channels(self, name: str) -> int | None:
+        shape = self.index.shapes.get(name)
+        return shape[1] if shape and len(shape) == 4 else None
+
+    def spatial(self, name: str) -> bool:
+        """Whether ``name`` is a map of known, more than one pixel (not a pooled vector)."""
+        shape = self.index.shapes.get(name)
+        return bool(shape) and len(shape) == 4 and None not in shape and shape[2] * shape[3] > 1
+
+
+def _stay_blocked(nodes: list, index: _Index, block: int) -> list:
+    """``nodes`` with the work between blocked convolutions done on the blocked maps too.
+
+    After the rewrite each blocked Conv returns to NCHW (ReorderOutput) and the next one reorders
+    its input again; the upsampling, the pooling and the attention gates in between run in NCHW
+    (and onnxruntime's own layout pass reorders their inputs once more for the gates' 1x1 convs).
+    Here a node whose first input has a blocked twin gets a blocked twin itself where onnxruntime
+    has one: Resize (bilinear, integer scales) as the blocked Upsample, MaxPool,
+    GlobalAveragePool, a Concat of whole blocks, a constant-weight Conv (its activation and a
+    following Add fused), the elementwise gate ops; a ReorderInput of a map with a twin is the
+    twin. Each twin keeps a ReorderOutput to the NCHW name, dropped later where nothing reads it.
+    """
+    state = _Blocked(index, block)
+    rename: dict[str, str] = {}
+    out: list = []
+    for node in nodes:
+        for k, name in enumerate(node.input):
+            node.input[k] = rename.get(name, name)
+        if node.domain == DOMAIN and node.op_type == "ReorderOutput":
+            channels = _attributes(node).get("channels", 0)
+            if channels % block == 0:
+                state.twin[node.output[0]] = node.input[0]
+        elif node.domain == DOMAIN and node.op_type == "ReorderInput":
+            if node.input[0] in state.twin and not _attributes(node).get("channels_last", 0):
+                rename[node.output[0]] = state.twin[node.input[0]]
+                continue
+        elif node.output and node.output[0] in state.absorbed:
+            y = state.absorbed[node.output[0]]
+            state.twin[node.output[0]] = y
+            out.append(_reorder_output(y, node.output[0], state.channels(node.output[0])))
+            continue
+        elif node.domain in ("", "ai.onnx") and node.input and node.input[0] in state.twin:
+            channels = state.channels(node.output[0]) or (
+                state.channels(node.input[0]) if node.op_type in _POOLS else None
+            )
+            made = _twin(node, state) if channels else None
+            if made is not None:
+                twin_nodes, y = made
+                out += twin_nodes
+                out.append(_reorder_output(y, node.output[0], channels))
+                state.twin[node.output[0]] = y
+                continue
+        out.append(node)
+    return out
+
+
+def _twin(node, state: _Blocked) -> tuple[list, str] | None:
+    """Nodes computing ``node`` on blocked maps, and its blocked output; None where there is no
+    blocked form (the node then reads the NCHW map)."""
+    from onnx import helper
+
+    index, block, op = state.index, state.block, node.op_type
+    x, y = node.input[0], f"{node.output[0]}_blocked"
+    attrs = _attributes(node)
+    if not state.spatial(x) or len(node.output) != 1:
+        return None
+    if op == "Resize":
+        scales = _resize_scales(node, index)
+        linear = attrs.get("mode") in (b"linear", "linear")
+        corners = attrs.get("coordinate_transformation_mode") in (b"align_corners", "align_corners")
+        if scales is None or not (linear and corners):
+            return None
+        return [
+            helper.make_node(
+                "Upsample",
+                [state.twin[x]],
+                [y],
+                domain=DOMAIN,
+                scales=scales,
+                mode="linear",
+                coordinate_transformation_mode="align_corners",
+            )
+        ], y
+    if op in _POOLS:
+        plain = op == "GlobalAveragePool" or (
+            attrs.get("ceil_mode", 0) == 0
+            and attrs.get("storage_order", 0) == 0
+            and set(attrs.get("dilations", [1])) == {1}
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+        )
+        return (
+            ([helper.make_node(op, [state.twin[x]], [y], domain=DOMAIN, **attrs)], y)
+            if plain
+            else None
+        )
+    if op == "Concat":
+        whole = all(i in state.twin and (state.channels(i) or 1) % block == 0 for i in node.input)
+        if attrs.get("axis") not in (1, -3) or not whole:
+            return None
+        return [helper.make_node("Concat", [state.twin[i] for i in node.input], [y], axis=1)], y
+    if op == "Conv":
+        return _twin_conv(node, state, y)
+    if op in _ACTIVATIONS and len(node.input) == 1:
+        if x in state.twin and state.twin[x] in state.lanes:
+            state.lanes.add(y)
+        return [helper.make_node(op, [state.twin[x]], [y], **attrs)], y
+    if op in ("Add", "Mul") and len(node.input) == 2 and all(i in state.twin for i in node.input):
+        a, b = node.input
+        shape_a, shape_b = index.shapes.get(a), index.shapes.get(b)
+        if shape_a == shape_b:
+            if state.twin[a] in state.lanes and state.twin[b] in state.lanes:
+                state.lanes.add(y)
+            return [helper.make_node(op, [state.twin[a], state.twin[b]], [y])], y
+        if (
+            op == "Mul"
+            and index.one_sample
+            and state.channels(b) == 1
+            and state.twin[b] in state.lanes
+        ):
+            return _lane_broadcast_mul(state.twin[a], state.twin[b], state.channels(a), y, block), y
+    return None
+
+
+def _resize_scales(node, index: _Index) -> list[int] | None:
+    """A Resize's integer scales [1, 1, sh, sw] (from its scales or sizes), or None."""
+    shape_in, shape_out = index.shapes.get(node.input[0]), index.shapes.get(node.output[0])
+    if not shape_in or not shape_out or None in shape_in or None in shape_out:
+        return None
+    if shape_in[:2] != shape_out[:2] or any(
+        o % i for i, o in zip(shape_in[2:], shape_out[2:], strict=True)
+    ):
+        return None
+    return [1, 1, *(o // i for i, o in zip(shape_in[2:], shape_out[2:], strict=True))]
+
+
+def _twin_conv(node, state: _Blocked, y: str) -> tuple[list, str] | None:
+    """A constant-weight Conv on a blocked map: the weight reordered here (the output channels
+    padded to a block; a one-channel output copied into every lane, so that a gate can scale
+    every channel), its following activation, and an Add of a blocked map before it, fused."""
+    from onnx import helper, numpy_helper
+
+    index, block = state.index, state.block
+    weight = index.value(node.input[1]) if len(node.input) > 1 else None
+    bias = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    attrs = _attributes(node)
+    if weight is None or weight.ndim != 4 or attrs.get("group", 1) != 1:
+        return None
+    if len(node.input) > 2 and node.input[2] and bias is None:
+        return None
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or weight.shape[1] % block:
+        return None
+    c_out = weight.shape[0]
+    bias = np.zeros(c_out, np.float32) if bias is None else bias.astype(np.float32)
+    if c_out == 1 and index.one_sample:
+        weight, bias = np.repeat(weight, block, axis=0), np.repeat(bias, block)
+        state.lanes.add(y)
+    else:
+        pad = -c_out % block
+        weight = np.pad(weight, ((0, pad), (0, 0), (0, 0), (0, 0)))
+        bias = np.pad(bias, (0, pad))
+    w, b = f"{y}_w", f"{y}_b"
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            [w],
+            value=numpy_helper.from_array(
+                np.ascontiguousarray(_blocked(weight.astype(np.float32), block)).reshape(
+                    weight.shape
+                ),
+                w,
+            ),
+        ),
+        helper.make_node("Constant", [], [b], value=numpy_helper.from_array(bias, b)),
+    ]
+    inputs = [state.twin[node.input[0]], w, b]
+    fused = {}
+    end = node.output[0]
+    add = index.only_user(end, "Add") or _second_input_user(index, end, "Add")
+    if add is not None:
+        other = add.input[1] if add.input[0] == end else add.input[0]
+        if other in state.twin and index.shapes.get(other) == index.shapes.get(end):
+            inputs.append(state.twin[other])
+            state.absorbed[add.output[0]] = y
+            end = add.output[0]
+    for op in _ACTIVATIONS:
+        act = index.only_user(end, op)
+        if act is not None:
+            fused = {"activation": op}
+            if op == "LeakyRelu":
+                fused["activation_params"] = [float(_attributes(act).get("alpha", 0.01))]
+            state.absorbed[act.output[0]] = y
+            break
+    keep = {k: v for k, v in attrs.items() if k in ("pads", "strides", "dilations", "kernel_shape")}
+    nodes.append(helper.make_node("Conv", inputs, [y], domain=DOMAIN, group=1, **keep, **fused))
+    return nodes, y
+
+
+def _second_input_user(index: _Index, name: str, op_type: str):
+    """The one node reading ``name``, if it is an ``op_type`` reading it as its second input."""
+    users = [u for u in index.consumers.get(name, []) if u.op_type != "Shape"]
+    if len(users) == 1 and users[0].op_type == op_type and list(users[0].input[1:2]) == [name]:
+        return users[0]
+    return None
+
+
+def _lane_broadcast_mul(a: str, g: str, channels: int, y: str, block: int) -> list:
+    """One sample's blocked ``a`` (C channels) times a one-channel map ``g`` whose blocked twin
+    holds it in every lane: as [C/b, H*W*b] x [1, H*W*b], then back to a's shape."""
+    from onnx import helper
+
+    return [
+        _ints(f"{y}_rows", [channels // block, -1]),
+        _ints(f"{y}_row", [1, -1]),
+        helper.make_node("Shape", [a], [f"{y}_shape"]),
+        helper.make_node("Reshape", [a, f"{y}_rows"], [f"{y}_a"]),
+        helper.make_node("Reshape", [g, f"{y}_row"], [f"{y}_g"]),
+        helper.make_node("Mul", [f"{y}_a", f"{y}_g"], [f"{y}_m"]),
+        helper.make_node("Reshape", [f"{y}_m", f"{y}_shape"], [y]),
     ]
