@@ -237,7 +237,9 @@ def _group_norm_after(index: _Index, node) -> tuple[list, dict] | None:
     }
 
 
-def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, int]:
+def blocked_dynamic_convs(
+    model: onnx.ModelProto, block: int, stay_blocked: bool = True
+) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` (onnx.ModelProto) with each float Conv whose weight is computed in the
     graph run in the NCHWc layout of ``block`` channels; returns (model, how many were rewritten).
 
@@ -250,7 +252,9 @@ def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.Mode
     halves of its kernel, the second accumulating onto the first (the blocked Conv's Sum input),
     and a GlobalAveragePool of the same concatenation pools a and b apart: the concatenated map
     is never written. A GroupNorm + LeakyReLU after a Conv (rewritten or not) is computed on
-    the blocked map (``_blocked_group_norm``) in graphs fixed to batch 1.
+    the blocked map (``_blocked_group_norm``) in graphs fixed to batch 1. ``stay_blocked``: the
+    work between the rewritten convs runs on the blocked maps too (``_stay_blocked``); False
+    returns each one to NCHW (kept for benchmarks/bench_onnx_layout.py).
     """
     import onnx
     from onnx import helper
@@ -301,7 +305,7 @@ def blocked_dynamic_convs(model: onnx.ModelProto, block: int) -> tuple[onnx.Mode
         replaced[id(node)] = nodes
     graph = model.graph
     nodes = [n for node in graph.node for n in replaced.get(id(node), [node])]
-    if rewritten:
+    if rewritten and stay_blocked:
         nodes = _stay_blocked(nodes, index, block)
     nodes = _without_dead_nodes(nodes, {out.name for out in graph.output})
     del graph.node[:]
