@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import tempfile
 import threading
@@ -143,7 +144,7 @@ def make_train_step(
 
 def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dict[str, object]]:
     """Batch-1 latency at each --onnx-sizes: PyTorch FP32 (optimize_for_inference), ONNX FP32
-    and ONNX int8 (tools/onnx_deploy.py: the export's default form; static QDQ int8 calibrated
+    and ONNX int8 (tools/onnx_deploy.py: the export's default form; ``write_int8`` calibrated
     on two random images, enough for timing), the three timed interleaved."""
     try:
         from tools import ToolError
@@ -153,14 +154,14 @@ def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dic
             fixed_batch,
             ort_runner,
             pick_form,
-            quantize_int8,
             session,
+            write_int8,
         )
     except ImportError as err:
         return [{"model": name, "error": f"onnxruntime missing ({err})"}]
     model = model.cpu().float().eval()
     form = pick_form(model)
-    fast = optimize_for_inference(model)
+    fast = optimize_for_inference(copy.deepcopy(model))
     rows = []
     for size in args.onnx_sizes:
         row: dict[str, object] = {"model": name, "size": size, "form": form}
@@ -186,10 +187,10 @@ def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dic
                 "onnx_ms": ort_runner(session(fp32, args.threads), x.numpy()),
             }
             try:
-                quantize_int8(fp32, int8, calibration)
+                write_int8(model, fp32, int8, calibration, (size, size))
                 fns["int8_ms"] = ort_runner(session(int8, args.threads), x.numpy())
-            except ToolError:  # nothing int8 can speed up (FullDyUNet): say so, go on
-                row["int8"] = "none (per-image kernels only)"
+            except ToolError as err:  # no int8 form: say so, go on
+                row["int8"] = f"none ({err})"
             with torch.no_grad():
                 t = interleaved(fns, torch.device("cpu"), args.repeats, args.warmup)
         row.update({k: v * 1e3 for k, v in t.items()})

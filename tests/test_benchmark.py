@@ -37,9 +37,7 @@ def test_benchmark_knows_when_the_workspace_is_used() -> None:
         assert not benchmark.uses_workspace(plain, x)
 
 
-def test_benchmark_onnx_rows_time_fp32_and_say_when_int8_has_nothing_to_do(
-    capsys: pytest.CaptureFixture,
-) -> None:
+def test_benchmark_onnx_rows_time_fp32_and_int8(capsys: pytest.CaptureFixture) -> None:
     argv = ["--models", "thindyunet", "dasnet", "--size", "128", "--no-train"]
     rows = benchmark.main(
         [*argv, "--repeats", "1", "--warmup", "0", "--onnx", "--onnx-sizes", "128"]
@@ -47,7 +45,5 @@ def test_benchmark_onnx_rows_time_fp32_and_say_when_int8_has_nothing_to_do(
     printed = capsys.readouterr().out
     thin, das = (r["onnx"][0] for r in rows)
     assert thin["onnx_ms"] > 0 and thin["int8_ms"] > 0 and thin["form"] == "aggregated"
-    assert (
-        "int8_ms" not in das and das["onnx_ms"] > 0 and "| dasnet | 128 | aggregated |" in printed
-    )
-    assert "none (per-image kernels only)" in printed
+    # DAS-Net's int8 is tools/onnx_int8.py's graph
+    assert das["onnx_ms"] > 0 and das["int8_ms"] > 0 and "| dasnet | 128 | aggregated |" in printed

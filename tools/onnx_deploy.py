@@ -283,7 +283,8 @@ def quantize_int8(
     int8 kernel ran slower than the FP32 blocked one, BENCHMARKS.md); quantizing the kernel
     attention, the gate scores and the head took the demo DAS-Net's test mIoU from 0.53 to
     0.18, and its gates' 1x1 projections alone moved it by 0.03 to 0.04 and made it slower. A
-    graph left with nothing to quantize (DAS-Net, FullDyUNet) is refused with that reason.
+    graph left with nothing to quantize (DAS-Net, FullDyUNet) is refused with that reason:
+    ``write_int8`` builds their int8 graph from the PyTorch model instead.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -316,8 +317,9 @@ def quantize_int8(
         if nodes == []:
             raise ToolError(
                 f"int8 has nothing to speed up in '{fp32}': its 3x3 convolutions compute their "
-                "kernels per image, which onnxruntime's int8 convolution cannot prepare; deploy "
-                "the FP32 file (BENCHMARKS.md, ONNX deployment)"
+                "kernels per image, which onnxruntime's int8 convolution cannot prepare from the "
+                "file; export.py --quantize int8 builds this model's int8 graph from its "
+                "checkpoint (tools/onnx_int8.py)"
             )
         try:
             quantize_static(
@@ -342,6 +344,41 @@ def quantize_int8(
     if how.startswith("dynamic"):
         logger.warning("int8: %s", how)
     return how
+
+
+def write_int8(
+    model: nn.Module,
+    fp32: Path,
+    out: Path,
+    calibration: list[np.ndarray],
+    size: tuple[int, int],
+) -> str:
+    """Write an int8 deployment of ``model`` (whose FP32 export is ``fp32``) to ``out``;
+    returns how it was quantized.
+
+    A DyUNet whose convolutions are all dynamic (DAS-Net, FullDyUNet) gets the int8 NHWC graph
+    of tools/onnx_int8.py (its K constant kernels in int8, mixed by pi at run time), calibrated
+    on ``calibration`` through the PyTorch model; any other model onnxruntime's static QDQ
+    quantization of ``fp32`` (``quantize_int8``).
+    """
+    from .onnx_int8 import build_int8, calibrate, supports
+
+    if not supports(model):
+        return quantize_int8(fp32, out, calibration)
+    import onnx
+
+    ranges = calibrate(model, (torch.from_numpy(image) for image in calibration))
+    onnx.save(build_int8(model, ranges, size), str(out))
+    return (
+        f"int8 NHWC graph (tools/onnx_int8.py): each dynamic conv's {_kernels(model)} kernels "
+        f"as int8 convs mixed by pi, ranges calibrated on {len(calibration)} images"
+    )
+
+
+def _kernels(model: nn.Module) -> int:
+    from models.dynamic_conv import DyConv2d
+
+    return next(m.num_kernels for m in model.modules() if isinstance(m, DyConv2d))
 
 
 def _flush_every(n: int) -> int:
