@@ -184,11 +184,12 @@ def onnx_rows(model: nn.Module, name: str, args: argparse.Namespace) -> list[dic
             row.pop("error", None)
             fns = {
                 "torch_ms": lambda x=x: fast(x),
-                "onnx_ms": ort_runner(session(fp32, args.threads), x.numpy()),
+                "onnx_ms": ort_runner(session(fp32, args.threads, spinning=False), x.numpy()),
             }
             try:
                 write_int8(model, fp32, int8, calibration, (size, size))
-                fns["int8_ms"] = ort_runner(session(int8, args.threads), x.numpy())
+                int8_session = session(int8, args.threads, spinning=False)
+                fns["int8_ms"] = ort_runner(int8_session, x.numpy())
             except ToolError as err:  # no int8 form: say so, go on
                 row["int8"] = f"none ({err})"
             with torch.no_grad():

@@ -7,6 +7,8 @@ input: PyTorch after ``optimize_for_inference``; the file as any onnxruntime run
 layout); the computed-kernel convs blocked, each returning to NCHW (tools/onnx_nchwc.py without
 ``stay_blocked``); and the session this project opens (blocked, the maps kept blocked between the
 convs). Prints the medians, the ratios, and the largest difference of each session from PyTorch.
+The sessions do not spin between runs (``session_of(spinning=False)``), so that none slows the
+runner after it.
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ def main() -> int:
         export_onnx(deployable(model, "aggregated"), path, size, 17, dynamic_batch=False)
         graph = onnx.load(str(path))
         sessions = {
-            "standard": session_of(path, None, args.threads),
+            "standard": session_of(path, None, args.threads, False),
             "convs blocked": session_of(
-                path, blocked_dynamic_convs(copy.deepcopy(graph), block, False)[0], args.threads
+                path,
+                blocked_dynamic_convs(copy.deepcopy(graph), block, False)[0],
+                args.threads,
+                False,
             ),
             "maps blocked": session_of(
-                path, blocked_dynamic_convs(copy.deepcopy(graph), block)[0], args.threads
+                path, blocked_dynamic_convs(copy.deepcopy(graph), block)[0], args.threads, False
             ),
         }
         x = torch.rand(1, 3, *size)

@@ -201,6 +201,18 @@ def test_predict_onnx_writes_the_checkpoints_masks(tmp_path):
         assert a.shape == b.shape and (a == b).mean() > 0.999
 
 
+def test_timed_sessions_do_not_spin(tmp_path):
+    """Sessions timed beside other runners are made with spinning=False (their idle workers
+    would otherwise take the cores from the next runner); the default keeps onnxruntime's."""
+    path = tmp_path / "m.onnx"
+    export.export_checked(tiny_dasnet(), path, SIZE, 17, export.check_batches(SIZE, []))
+    key = "session.intra_op.allow_spinning"
+    assert session(path, spinning=False).get_session_options().get_session_config_entry(key) == "0"
+    default = session(path).get_session_options()
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's default, spinning
+        default.get_session_config_entry(key)
+
+
 def test_deployable_keeps_a_model_without_dynamic_convs_plain():
     torch.manual_seed(0)
     unet = build_model("unet", encoder_weights=None).eval()

@@ -259,7 +259,7 @@ def _quantize(
     calibration = [val[i]["image"][None].numpy() for i in range(len(val))]
     try:
         how = write_int8(plain, fp32, partial, calibration, size)
-        sessions = {"fp32": session(fp32), "int8": session(partial)}
+        sessions = {k: session(f, spinning=False) for k, f in (("fp32", fp32), ("int8", partial))}
         samples = ((s["image"][None].numpy(), s["mask"][None].numpy()) for s in test)
         scores = evaluate_onnx(sessions, samples)
         os.replace(partial, out)
@@ -307,7 +307,7 @@ def _report(
     fast = _optimized(plain)
     x = torch.rand(1, in_channels, *size)
     graph = blocked_graph(out)  # rewritten once: the session and the report's note
-    sess = session_of(out, graph)
+    sess = session_of(out, graph, spinning=False)  # timed beside PyTorch
     with torch.inference_mode():
         ms = latencies(
             {"torch": lambda: fast(x), "onnx": ort_runner(sess, x.numpy())},

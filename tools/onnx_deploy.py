@@ -139,28 +139,39 @@ def blocked_graph(path: Path | str) -> onnx.ModelProto | None:
     return graph
 
 
-def session(path: Path | str, threads: int = 0, blocked: bool = True):
+def session(path: Path | str, threads: int = 0, blocked: bool = True, spinning: bool = True):
     """An onnxruntime CPU session for ``path`` (``threads`` 0: onnxruntime's default).
 
     ``blocked``: convolutions whose kernel the graph computes (the dynamic models' aggregated
     kernels) run in onnxruntime's blocked NCHWc layout, rewritten for this CPU when the session
-    is created (``blocked_graph``); the file itself is not changed.
+    is created (``blocked_graph``); the file itself is not changed. ``spinning``: see
+    ``session_of``.
     """
     try:
         graph = blocked_graph(path) if blocked else None
     except Exception as exc:
         raise ToolError(f"onnxruntime cannot load '{path}': {str(exc).splitlines()[0]}") from None
-    return session_of(path, graph, threads)
+    return session_of(path, graph, threads, spinning)
 
 
-def session_of(path: Path | str, graph: onnx.ModelProto | None, threads: int = 0):
+def session_of(
+    path: Path | str, graph: onnx.ModelProto | None, threads: int = 0, spinning: bool = True
+):
     """An onnxruntime CPU session running ``graph`` (``path``'s blocked graph, from
-    ``blocked_graph``), or ``path`` itself where ``graph`` is None."""
+    ``blocked_graph``), or ``path`` itself where ``graph`` is None.
+
+    ``spinning``: onnxruntime's worker threads keep spinning after each job (its default, the
+    lowest latency for a session alone). Sessions timed beside other runners take False: their
+    spinning threads would steal the cores from the next runner (PyTorch at 128x128 measured
+    78.6 ms interleaved with spinning sessions, 28.8 ms without; BENCHMARKS.md).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         source = str(path) if graph is None else graph.SerializeToString()
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -241,7 +252,8 @@ def verify(
 
 
 def latencies(runners: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
-    """Median ms of each runner, the runners called in turn so they share the machine's load."""
+    """Median ms of each runner, the runners called in turn so they share the machine's load
+    (onnxruntime runners from sessions made with ``spinning=False``)."""
     seconds = interleaved(runners, torch.device("cpu"), runs, warmup)
     return {name: t * 1e3 for name, t in seconds.items()}
 
