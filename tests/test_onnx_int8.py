@@ -152,6 +152,20 @@ def test_int8_graph_follows_the_float_model(name, tmp_path):
     assert ops.count(("", "Conv")) == 1
 
 
+def test_any_map_size_gets_whole_gram_chunks():
+    """136 x 136 = 18,496 pixels: more than one Gram chunk, not a multiple of 16,384."""
+    torch.manual_seed(0)
+    model = build_model("dasnet", width=8, stages=3, dyconv_init="kaiming").eval()
+    size = (136, 136)
+    gen = torch.Generator().manual_seed(1)
+    graph = build_int8(model, calibrate(model, [torch.rand(1, 3, *size, generator=gen)]), size)
+    x = torch.rand(1, 3, *size, generator=gen)
+    got = session_of("m", graph, 1).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.98
+
+
 def test_weights_fit_every_x86_int8_kernel():
     model = _trained_like("dasnet")
     gen = torch.Generator().manual_seed(1)

@@ -8,7 +8,7 @@ run-time input scales (y = sum_k pi_k s_k (q_k - z_k), requantized once). K conv
 times one, but int8 on a VNNI CPU is ~3.7x faster than FP32 (BENCHMARKS.md).
 
 The graph stays in uint8 NHWC, onnxruntime's native int8 layout, from the first block's output to
-the head's input, so that nothing but the convolutions touches float maps:
+the head's input (the upsampling aside), so that no map between the convolutions is float:
 
 - GroupNorm: its statistics are integer products (``MatMulInteger``: a row of ones for the
   sums, one Gram matrix per 16384 pixels for the sums of squares, exact in int32), its scale and
@@ -29,6 +29,7 @@ Every uint8 tensor's range is calibrated on images through the plain PyTorch mod
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,7 @@ Ranges = dict[str, tuple[float, float]]
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether ``model`` is a DyUNet this builder handles: dynamic decoder, 3x3 kernels."""
+    """Whether ``model`` is a DyUNet this builder handles: one whose decoder is dynamic too."""
     return isinstance(model, DyUNet) and model.dynamic_decoder
 
 
@@ -68,8 +69,8 @@ def calibrate(
     model: DyUNet, images: Iterable[Tensor], percentile: float | None = PERCENTILE
 ) -> Ranges:
     """The range of every tensor the int8 graph quantizes, over ``images`` (N x C x H x W): per
-    image its ``percentile``-th and (100 - ``percentile``)-th percentiles (None: min and max,
-    from up to 10^6 evenly strided values), widened over the images."""
+    image its (100 - ``percentile``)-th and ``percentile``-th percentiles (of up to 10^6 evenly
+    strided values; None: its min and max), widened over the images."""
     net = copy.deepcopy(model).cpu().eval()
     ranges: Ranges = {}
 
@@ -284,7 +285,7 @@ class _Builder:
             self.ones[pixels] = g.const(np.ones((1, pixels), np.uint8), "ones")
         zero = g.const(np.uint8(0))
         sums = g.op("MatMulInteger", [self.ones[pixels], flat, zero, x.zero])  # [1, C]
-        rows = min(GRAM_ROWS, pixels)
+        rows = math.gcd(pixels, GRAM_ROWS)  # whole chunks of at most GRAM_ROWS pixels
         chunks = g.op("Reshape", [x.name, g.ints([pixels // rows, rows, c])])
         chunks_t = g.op("Transpose", [chunks], perm=[0, 2, 1])
         gram = g.op("MatMulInteger", [chunks_t, chunks, x.zero, x.zero])  # [n, C, C]
