@@ -19,6 +19,7 @@ from tools.onnx_deploy import (
     Logits,
     compare,
     deployable,
+    evaluate_onnx,
     quantize_int8,
     run_onnx,
     session,
@@ -147,6 +148,7 @@ def test_export_cli_writes_the_int8_graph_of_the_all_dynamic_models(
     assert export.main([*args, "--calibration", "2", "--eval-images", "3"]) == 0
     printed = capsys.readouterr().out
     assert "int8 NHWC graph (tools/onnx_int8.py)" in printed and "mIoU FP32" in printed
+    assert "masks equal to FP32's on" in printed
     int8 = tmp_path / "e" / f"{name}.int8.onnx"
     assert out.is_file() and int8.is_file() and not list(out.parent.glob(".*"))
     ops = {(n.domain, n.op_type) for n in onnx.load(str(int8)).graph.node}
@@ -199,6 +201,27 @@ def test_predict_onnx_writes_the_checkpoints_masks(tmp_path):
         a = np.asarray(Image.open(tmp_path / "pt" / f"{i}_mask.png"))
         b = np.asarray(Image.open(tmp_path / "ox" / f"{i}_mask.png"))
         assert a.shape == b.shape and (a == b).mean() > 0.999
+
+
+def test_evaluation_counts_the_pixels_whose_mask_follows_the_first_session():
+    class Fixed:  # a session that returns fixed logits
+        def __init__(self, logits):
+            self.logits = logits
+
+        def get_inputs(self):
+            return [type("Input", (), {"name": "image", "shape": ["batch", 3, 2, 2]})()]
+
+        def run(self, _names, _feeds):
+            return [self.logits]
+
+    a = np.array([[[[1.0, -1.0], [2.0, -2.0]]]], np.float32)
+    b = np.array([[[[1.0, 1.0], [2.0, -2.0]]]], np.float32)  # one pixel of four differs
+    mask = np.array([[[[1.0, 0.0], [1.0, 0.0]]]], np.float32)
+    image = np.zeros((1, 3, 2, 2), np.float32)
+    scores = evaluate_onnx({"fp32": Fixed(a), "int8": Fixed(b)}, [(image, mask)] * 2)
+    assert scores["fp32"]["agreement"] == 1.0 and scores["int8"]["agreement"] == 0.75
+    assert scores["fp32"]["miou"] == 1.0 and scores["int8"]["miou"] == pytest.approx(2 / 3)
+    assert scores["int8"]["images"] == 2
 
 
 def test_timed_sessions_do_not_spin(tmp_path):

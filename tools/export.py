@@ -16,7 +16,8 @@ written. ``--quantize int8`` then writes ``<out>.int8.onnx`` (calibrated on ``--
 validation images: DAS-Net and FullDyUNet as tools/onnx_int8.py's int8 graph, every other model
 by static QDQ quantization with per-channel weights, weight-only dynamic quantization if static
 fails) and prints its mIoU and Dice on ``--eval-images`` test images beside the FP32 graph's,
-and both latencies. Latencies are batch 1, measured interleaved.
+the share of pixels whose mask equals the FP32 graph's, and both latencies. Latencies are batch
+1, measured interleaved.
 """
 
 from __future__ import annotations
@@ -278,7 +279,8 @@ def _quantize(
             f"int8 -> {out} ({out.stat().st_size / 1e6:.1f} MB; {how})",
             f"  test split, {f['images']} images: mIoU FP32 {f['miou']:.4f}, int8 {q['miou']:.4f} "
             f"({q['miou'] - f['miou']:+.4f}); Dice FP32 {f['dice']:.4f}, int8 {q['dice']:.4f} "
-            f"({q['dice'] - f['dice']:+.4f})",
+            f"({q['dice'] - f['dice']:+.4f}); masks equal to FP32's on {q['agreement']:.3%} of "
+            "the pixels",
             f"  onnxruntime latency, batch 1, interleaved, median of {args.runs}: FP32 "
             f"{ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['fp32'] / ms['int8']:.2f}x)",
             *advice,

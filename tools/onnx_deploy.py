@@ -403,18 +403,30 @@ def _flush_every(n: int) -> int:
 def evaluate_onnx(
     sessions: dict[str, Any], samples: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, dict[str, float]]:
-    """Mean per-image mIoU and Dice of each session over (image 1xCxHxW, mask 1x1xHxW) samples."""
+    """Mean per-image mIoU and Dice of each session over (image 1xCxHxW, mask 1x1xHxW) samples,
+    and for each session after the first the fraction of pixels whose mask (logit > 0) equals
+    the first session's ("agreement": steadier than a mean of per-image scores, where one empty
+    frame that flips moves the mean by 1/N)."""
     from engine.metrics import per_image_scores
 
-    sums = {k: {"miou": 0.0, "dice": 0.0} for k in sessions}
-    count = 0
+    sums = {k: {"miou": 0.0, "dice": 0.0, "agreement": 0.0} for k in sessions}
+    count = pixels = 0
     for image, mask in samples:
         target = torch.from_numpy(mask)
+        first = None
         for key, sess in sessions.items():
-            scores = per_image_scores(torch.from_numpy(run_onnx(sess, image)), target)
+            logits = run_onnx(sess, image)
+            scores = per_image_scores(torch.from_numpy(logits), target)
             sums[key]["miou"] += float(scores["miou"].sum())
             sums[key]["dice"] += float(scores["dice"].sum())
+            first = logits > 0 if first is None else first
+            sums[key]["agreement"] += float(((logits > 0) == first).sum())
         count += len(image)
+        pixels += first.size if first is not None else 0
     if not count:
         raise ToolError("no images to evaluate the int8 model on")
-    return {k: {m: v / count for m, v in s.items()} | {"images": count} for k, s in sums.items()}
+    return {
+        k: {"miou": s["miou"] / count, "dice": s["dice"] / count}
+        | {"agreement": s["agreement"] / pixels, "images": count}
+        for k, s in sums.items()
+    }
