@@ -176,7 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantize",
         choices=("int8",),
-        help="also write <out>.int8.onnx (static QDQ, calibrated on validation images)",
+        help="also write <out>.int8.onnx, calibrated on validation images (DAS-Net, "
+        "FullDyUNet: tools/onnx_int8.py's graph; other models: static QDQ)",
     )
     p.add_argument("--calibration", type=int, default=16, help="int8: calibration images")
     p.add_argument(

@@ -163,7 +163,7 @@ def session_of(
     ``spinning``: onnxruntime's worker threads keep spinning after each job (its default, the
     lowest latency for a session alone). Sessions timed beside other runners take False: their
     spinning threads would steal the cores from the next runner (PyTorch at 128x128 measured
-    78.6 ms interleaved with spinning sessions, 28.8 ms without; BENCHMARKS.md).
+    56.1 ms interleaved with a spinning session, 28.5 ms without; BENCHMARKS.md).
     """
     import onnxruntime as ort
 
@@ -419,8 +419,9 @@ def evaluate_onnx(
             scores = per_image_scores(torch.from_numpy(logits), target)
             sums[key]["miou"] += float(scores["miou"].sum())
             sums[key]["dice"] += float(scores["dice"].sum())
-            first = logits > 0 if first is None else first
-            sums[key]["agreement"] += float(((logits > 0) == first).sum())
+            masks = logits > 0
+            first = masks if first is None else first
+            sums[key]["agreement"] += float((masks == first).sum())
         count += len(image)
         pixels += first.size if first is not None else 0
     if not count:

@@ -277,7 +277,7 @@ class _Builder:
     def moments(self, x: _U8, channels: int, groups: int, pixels: int) -> tuple[str, str]:
         """Per group of channels, the mean and the variance of (q - z) over uint8 ``x``
         ([G, 1] each, float), from exact int32 sums: a row of ones times the pixels, and the
-        diagonal of one Gram matrix per GRAM_ROWS pixels."""
+        diagonal of one Gram matrix per chunk of at most GRAM_ROWS pixels."""
         g = self.g
         c = channels
         flat = g.op("Reshape", [x.name, g.ints([pixels, c])])

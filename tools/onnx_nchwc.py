@@ -134,12 +134,13 @@ class _Index:
             return self.value(node.input[0])
         return None
 
-    def only_user(self, name: str, op_type: str):
-        """The one non-Shape node reading ``name`` as its first input, if it is an ``op_type``."""
+    def only_user(self, name: str, op_type: str, any_input: bool = False):
+        """The one non-Shape node reading ``name`` (as its first input, or as any with
+        ``any_input``), if it is an ``op_type``."""
         users = [u for u in self.consumers.get(name, []) if u.op_type != "Shape"]
-        if len(users) == 1 and users[0].op_type == op_type and users[0].input[0] == name:
-            return users[0]
-        return None
+        if len(users) != 1 or users[0].op_type != op_type:
+            return None
+        return users[0] if any_input or users[0].input[0] == name else None
 
 
 def _computed(index: _Index, name: str) -> bool:
@@ -633,7 +634,7 @@ def _twin(node, state: _Blocked) -> tuple[list, str] | None:
     if op == "Conv":
         return _twin_conv(node, state, y)
     if op in _ACTIVATIONS and len(node.input) == 1:
-        if x in state.twin and state.twin[x] in state.lanes:
+        if state.twin[x] in state.lanes:
             state.lanes.add(y)
         return [helper.make_node(op, [state.twin[x]], [y], **attrs)], y
     if op in ("Add", "Mul") and len(node.input) == 2 and all(i in state.twin for i in node.input):
@@ -654,7 +655,8 @@ def _twin(node, state: _Blocked) -> tuple[list, str] | None:
 
 
 def _resize_scales(node, index: _Index) -> list[int] | None:
-    """A Resize's integer scales [1, 1, sh, sw] (from its scales or sizes), or None."""
+    """A Resize's integer scales [1, 1, sh, sw], from its input's and output's inferred
+    shapes, or None."""
     shape_in, shape_out = index.shapes.get(node.input[0]), index.shapes.get(node.output[0])
     if not shape_in or not shape_out or None in shape_in or None in shape_out:
         return None
@@ -691,24 +693,15 @@ def _twin_conv(node, state: _Blocked, y: str) -> tuple[list, str] | None:
         weight = np.pad(weight, ((0, pad), (0, 0), (0, 0), (0, 0)))
         bias = np.pad(bias, (0, pad))
     w, b = f"{y}_w", f"{y}_b"
+    reordered = _blocked(weight.astype(np.float32), block).reshape(weight.shape)
     nodes = [
-        helper.make_node(
-            "Constant",
-            [],
-            [w],
-            value=numpy_helper.from_array(
-                np.ascontiguousarray(_blocked(weight.astype(np.float32), block)).reshape(
-                    weight.shape
-                ),
-                w,
-            ),
-        ),
+        helper.make_node("Constant", [], [w], value=numpy_helper.from_array(reordered, w)),
         helper.make_node("Constant", [], [b], value=numpy_helper.from_array(bias, b)),
     ]
     inputs = [state.twin[node.input[0]], w, b]
     fused = {}
     end = node.output[0]
-    add = index.only_user(end, "Add") or _second_input_user(index, end, "Add")
+    add = index.only_user(end, "Add", any_input=True)
     if add is not None:
         other = add.input[1] if add.input[0] == end else add.input[0]
         if other in state.twin and index.shapes.get(other) == index.shapes.get(end):
@@ -726,14 +719,6 @@ def _twin_conv(node, state: _Blocked, y: str) -> tuple[list, str] | None:
     keep = {k: v for k, v in attrs.items() if k in ("pads", "strides", "dilations", "kernel_shape")}
     nodes.append(helper.make_node("Conv", inputs, [y], domain=DOMAIN, group=1, **keep, **fused))
     return nodes, y
-
-
-def _second_input_user(index: _Index, name: str, op_type: str):
-    """The one node reading ``name``, if it is an ``op_type`` reading it as its second input."""
-    users = [u for u in index.consumers.get(name, []) if u.op_type != "Shape"]
-    if len(users) == 1 and users[0].op_type == op_type and list(users[0].input[1:2]) == [name]:
-        return users[0]
-    return None
 
 
 def _lane_broadcast_mul(a: str, g: str, channels: int, y: str, block: int) -> list:
